@@ -1,0 +1,17 @@
+"""osma: open-set model attribution for AI-generated images.
+
+Attribute an image to a known source model, reject it when it fits none, group the
+rejected images into new sources and enroll a new source from a handful of images.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load"]
+
+
+def load(path: str, device: str = "auto"):  # noqa: ANN201 - returns osma.attribution.Model
+    """Load a trained model bundle (or a training run directory) for attribution."""
+    from osma.attribution import load as _load
+
+    return _load(path, device=device)
