@@ -12,11 +12,14 @@ install: $(STAMP)
 
 # Re-install only when the project metadata changes; torch 2.13.0 first, from the
 # wheel on disk, so that no dependency can pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[dev]"
+	# a pretrained DCGAN (weights inside the wheel) used as a zoo generator trained elsewhere;
+	# --no-deps: its declared torchvision/requests are not needed by the generator module.
+	$(PY) -m pip install -q --no-deps "gan-face-generate==1.1.1"
 	touch $(STAMP)
 
 test: install

@@ -31,11 +31,12 @@ def _root(
 
 
 from osma.cli import data as _data  # noqa: E402
+from osma.cli import evaluate as _evaluate  # noqa: E402
 from osma.cli import train as _train  # noqa: E402
 from osma.cli import use as _use  # noqa: E402
 from osma.cli import zoo as _zoo  # noqa: E402
 
-for _module in (_data, _zoo, _train, _use):
+for _module in (_data, _zoo, _train, _evaluate, _use):
     _module.register(app)
 
 

@@ -1,0 +1,8 @@
+"""CLI commands: evaluate (placeholder, filled in by its issue)."""
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the main app."""
