@@ -43,8 +43,14 @@ class Attributor(ABC):
     #: known source names; index i is class i (``enroll`` appends)
     classes: list[str]
 
-    #: acceptance threshold on ``score`` (None until calibrated)
+    #: acceptance threshold on ``score`` (None until calibrated); saved in model.json
     tau: float | None
+
+    #: sources added by :meth:`enroll` -> number of images used; saved in model.json
+    enrolled: dict[str, int]
+
+    #: training / preprocessing configuration (backbone, input, crop, ...); saved in model.json
+    config: dict
 
     @abstractmethod
     def fit(self, split, out_dir, **train_kwargs) -> None:  # noqa: ANN001
