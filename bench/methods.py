@@ -1,0 +1,179 @@
+"""Train and evaluate every method on every split of a benchmark and print one table.
+
+    python bench/methods.py DATA_LIST.yaml [--splits split1,split2] [--epochs N] [--out DIR]
+        [--methods softmax,pose-base,pose-am,pose,metric] [--device auto] [--seed 0]
+
+Methods: ``softmax`` (closed-set classifier, POSE's "Base" trained by its own recipe),
+``pose-base`` / ``pose-am`` / ``pose`` (POSE without augmentation models, with them but
+without the diversity loss, full) and ``metric`` (Fang et al., ProxyNCA++ + centroids).
+Runs go to ``OUT/runs/<split>/<method>``, reports to ``OUT/reports/<split>/<method>``; a
+run whose report exists is skipped, a run interrupted during training is resumed, so the
+script can be re-started at will. The table (mean ± std over splits, in %) is printed and
+written to ``OUT/table.md`` and ``OUT/table.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+#: bench name -> (registry method, method options)
+METHODS: dict[str, tuple[str, dict]] = {
+    "softmax": ("softmax", {}),
+    "pose-base": ("pose", {"variant": "base"}),
+    "pose-am": ("pose", {"variant": "am"}),
+    "pose": ("pose", {}),
+    "metric": ("metric", {}),
+}
+
+GROUPS = ("seed", "arch", "dataset", "all")
+
+#: table columns: (header, path into the report / bench record, is a fraction)
+COLUMNS: list[tuple[str, tuple[str, ...], bool]] = [
+    ("Acc", ("closed_set", "accuracy"), True),
+    *[(f"AUROC {g}", ("open_set", g, "auroc"), True) for g in GROUPS],
+    *[(f"OSCR {g}", ("open_set", g, "oscr"), True) for g in GROUPS],
+    ("aF1", ("fang", "af1"), True),
+    ("CRR", ("fang", "crr"), True),
+    ("aF1-CRR AUC", ("fang", "af1_crr_auc"), True),
+    ("s/epoch", ("bench", "seconds_per_epoch"), False),
+    ("img/s", ("timing", "images_per_second"), False),
+]
+
+
+def _get(d: dict, path: tuple[str, ...]) -> float | None:
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return None if d is None else float(d)
+
+
+def run_one(data: Path, split: str, name: str, out: Path, *, epochs: int, device: str, seed: int,
+            batch_size: int, train_options: dict) -> dict:
+    """Train (or resume, or skip) one method on one split, evaluate it and return the report."""
+    from osma import methods
+    from osma.data import load_split
+    from osma.evaluation import evaluate
+
+    method, options = METHODS[name]
+    run_dir = out / "runs" / split / name
+    rep_dir = out / "reports" / split / name
+    done = rep_dir / "report.json"
+    if done.exists():
+        print(f"[{split}/{name}] done, skipping", flush=True)
+        return json.loads(done.read_text(encoding="utf-8"))
+    marker = run_dir / "bench_train.json"  # written only once training finished
+    if not marker.exists():
+        resume = run_dir.exists() and any(run_dir.iterdir())
+        print(f"[{split}/{name}] training {method} {options or ''} for {epochs} epoch(s)"
+              f"{' (resuming)' if resume else ''}", flush=True)
+        t0 = time.perf_counter()
+        methods.train(data, split, method, run_dir, epochs=epochs, device=device, seed=seed, resume=resume,
+                      progress=False, **{**train_options, **options})
+        secs = time.perf_counter() - t0
+        marker.write_text(json.dumps({"seconds": secs, "epochs": epochs, "seconds_per_epoch": secs / max(epochs, 1),
+                                      "resumed": resume}, indent=2), encoding="utf-8")
+    bench = json.loads(marker.read_text(encoding="utf-8"))
+    print(f"[{split}/{name}] evaluating", flush=True)
+    attributor = methods.load_attributor(run_dir, device)
+    report = evaluate(attributor, load_split(data, split), rep_dir, batch_size=batch_size, seed=seed)
+    report["bench"] = bench
+    done.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def summarize(reports: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, float | int | None]]]:
+    """Per method and column: mean, std (sample std, 0 for one split) and number of splits."""
+    table: dict[str, dict[str, dict[str, float | int | None]]] = {}
+    for name, reps in reports.items():
+        row = {}
+        for header, path, _ in COLUMNS:
+            vals = np.array([v for v in (_get(r, path) for r in reps) if v is not None], float)
+            row[header] = {
+                "mean": float(vals.mean()) if len(vals) else None,
+                "std": float(vals.std(ddof=1)) if len(vals) > 1 else (0.0 if len(vals) else None),
+                "n": int(len(vals)),
+            }
+        table[name] = row
+    return table
+
+
+def to_markdown(table: dict, splits: list[str]) -> str:
+    """The summary as a markdown table; fractions shown in %, mean ± std over splits."""
+    head = "| method | " + " | ".join(h for h, _, _ in COLUMNS) + " |"
+    lines = [f"Mean ± std over {len(splits)} split(s) ({', '.join(splits)}); metrics in %.", "",
+             head, "|---|" + "---:|" * len(COLUMNS)]
+    for name, row in table.items():
+        cells = []
+        for header, _, frac in COLUMNS:
+            c = row[header]
+            if c["mean"] is None:
+                cells.append("–")
+                continue
+            k = 100.0 if frac else 1.0
+            fmt = ".1f" if frac else ".3g"
+            cells.append(f"{k * c['mean']:{fmt}}" + (f" ± {k * c['std']:{fmt}}" if c["n"] > 1 else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("data", type=Path, help="benchmark data_list.yaml")
+    ap.add_argument("--splits", default=None, help="comma-separated splits (default: all in the file)")
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench-methods"))
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)}")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra training option passed to every method (YAML value), e.g. --option crop=64")
+    args = ap.parse_args(argv)
+
+    if not args.data.is_file():
+        ap.error(f"{args.data}: no such file")
+    with open(args.data, encoding="utf-8") as fh:
+        doc = yaml.safe_load(fh)
+    if not isinstance(doc, dict) or not doc:
+        ap.error(f"{args.data}: not a data_list.yaml (expected a mapping of splits)")
+    splits = args.splits.split(",") if args.splits else list(doc)
+    missing = [s for s in splits if s not in doc]
+    if missing:
+        ap.error(f"splits {missing} not in {args.data} (has {list(doc)})")
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        ap.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    train_options = {}
+    for opt in args.option:
+        key, sep, value = opt.partition("=")
+        if not sep:
+            ap.error(f"--option {opt!r}: expected KEY=VALUE")
+        train_options[key.replace("-", "_")] = yaml.safe_load(value)
+
+    reports: dict[str, list[dict]] = {n: [] for n in names}
+    for split in splits:
+        for name in names:
+            reports[name].append(run_one(args.data, split, name, args.out, epochs=args.epochs, device=args.device,
+                                         seed=args.seed, batch_size=args.batch_size, train_options=train_options))
+    table = summarize(reports)
+    md = to_markdown(table, splits)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "table.md").write_text(md, encoding="utf-8")
+    (args.out / "table.json").write_text(json.dumps({"splits": splits, "epochs": args.epochs, "methods": table},
+                                                    indent=2) + "\n", encoding="utf-8")
+    print(md)
+    print(f"written to {args.out / 'table.md'} and {args.out / 'table.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

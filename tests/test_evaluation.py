@@ -1,0 +1,192 @@
+"""Tests of osma.evaluation, `osma evaluate` and bench/methods.py.
+
+The unit tests use a fake attributor whose predictions are written into the (fake-decoded)
+images, so every figure of the report can be worked out by hand.
+"""
+from __future__ import annotations
+
+import json
+from collections import namedtuple
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from osma import evaluation, metrics
+from osma.methods.base import Attributor, Prediction
+
+Sample = namedtuple("Sample", "path label")
+
+# path -> (predicted class, score in 1/100, cluster id); cluster id = true class
+A, B = 0, 1
+TEST = {
+    "a0": (A, 90, 0), "a1": (A, 80, 0), "a2": (A, 70, 0), "a3": (B, 60, 0),
+    "b0": (B, 90, 1), "b1": (B, 80, 1), "b2": (B, 50, 1), "b3": (B, 40, 1),
+}
+VAL = {"va0": (A, 90, 0), "va1": (A, 80, 0), "vb0": (B, 70, 1), "vb1": (B, 60, 1)}
+OUT = {
+    "seed": {"s0": (A, 30, 2), "s1": (A, 20, 2)},
+    "arch": {"d0": (B, 85, 3), "d1": (B, 10, 3)},
+    "dataset": {"e0": (A, 95, 4)},
+}
+LABEL = {"a": "a", "b": "b", "v": None, "s": "s1", "d": "d1", "e": "e1"}
+TABLE = {**TEST, **VAL, **{k: v for g in OUT.values() for k, v in g.items()}}
+
+
+def fake_decode(path: str) -> np.ndarray:
+    name = Path(path).stem
+    if name == "broken":
+        raise OSError(f"{path}: image file is truncated")
+    pred, score, cluster = TABLE[name]
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[..., 0], img[..., 1], img[..., 2] = pred, score, cluster
+    return img
+
+
+class FakeAttributor(Attributor):
+    """Reads pred / score / cluster out of the pixels; embedding = (pred, score, 10 * cluster)."""
+
+    method = "fake"
+
+    def __init__(self, classes: list[str], augment: bool = False) -> None:
+        self.classes, self.tau, self.enrolled, self.config = list(classes), None, {}, {}
+        self.augment_calls = 0
+        if augment:
+            self.augment_embeddings = self._augment
+
+    def _augment(self, images: list[np.ndarray]) -> np.ndarray:
+        self.augment_calls += 1
+        return self.embed_arrays(images) + 0.5
+
+    def fit(self, split, out_dir, **kw) -> None:  # noqa: ANN001
+        raise NotImplementedError
+
+    def embed_arrays(self, images: list[np.ndarray]) -> np.ndarray:
+        px = np.stack([im[0, 0].astype(np.float32) for im in images])
+        return np.c_[px[:, 0], px[:, 1] / 100.0, 10.0 * px[:, 2]]
+
+    def predict_embeddings(self, emb: np.ndarray) -> Prediction:
+        pred = emb[:, 0].astype(np.int64)
+        return Prediction(pred, emb[:, 1].astype(np.float64), np.eye(len(self.classes))[pred], emb)
+
+    def enroll(self, name, emb) -> None:  # noqa: ANN001
+        raise NotImplementedError
+
+    def save(self, bundle_dir) -> None:  # noqa: ANN001
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, bundle_dir, device="auto"):  # noqa: ANN001, ANN206
+        raise NotImplementedError
+
+
+def _samples(table: dict, label: str | None = None) -> list[Sample]:
+    return [Sample(f"/imgs/{k}.png", label or LABEL[k[0]] if k[0] != "v" else ("a" if k[1] == "a" else "b"))
+            for k in table]
+
+
+@pytest.fixture()
+def fake_split(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    monkeypatch.setattr(evaluation, "_decode", fake_decode)
+    return SimpleNamespace(
+        known_classes=["a", "b"],
+        unknown_classes={"seed": ["s1"], "arch": ["d1"], "dataset": ["e1"]},
+        train=[], val=_samples(VAL), test=_samples(TEST) + [Sample("/imgs/broken.png", "a")],
+        test_out={g: _samples(t) for g, t in OUT.items()},
+    )
+
+
+def test_predict_samples_skips_unreadable(fake_split: SimpleNamespace) -> None:
+    att = FakeAttributor(["a", "b"])
+    calls = []
+    out = evaluation.predict_samples(att, fake_split.test, batch_size=3, progress=lambda d, t: calls.append((d, t)))
+    assert len(out) == 8 and out.labels == ["a"] * 4 + ["b"] * 4
+    assert [p for p, _ in out.failed] == ["/imgs/broken.png"] and "truncated" in out.failed[0][1]
+    np.testing.assert_array_equal(out.pred, [0, 0, 0, 1, 1, 1, 1, 1])
+    np.testing.assert_allclose(out.score, [0.9, 0.8, 0.7, 0.6, 0.9, 0.8, 0.5, 0.4])
+    assert calls[-1] == (9, 9) and len(calls) == 3
+    # a batch made only of unreadable files is fine too
+    empty = evaluation.predict_samples(att, [Sample("/x/broken.png", "a")])
+    assert len(empty) == 0 and len(empty.failed) == 1
+
+
+def test_evaluate_hand_checked(fake_split: SimpleNamespace, tmp_path: Path) -> None:
+    att = FakeAttributor(["a", "b"], augment=True)
+    rep = evaluation.evaluate(att, fake_split, tmp_path, batch_size=4)
+
+    # closed set: 7 of 8 correct (a3 predicted b)
+    assert rep["closed_set"]["accuracy"] == pytest.approx(7 / 8)
+    y, p = [0] * 4 + [1] * 4, [0, 0, 0, 1, 1, 1, 1, 1]
+    assert rep["closed_set"]["macro_f1"] == pytest.approx(metrics.macro_f1(y, p))
+    # AUROC by hand: seed below every known score; arch 0.85 is below 2 of 8 known, 0.1 below all; dataset none
+    os_ = rep["open_set"]
+    assert os_["seed"]["auroc"] == pytest.approx(1.0)
+    assert os_["arch"]["auroc"] == pytest.approx((2 / 8 + 1) / 2)
+    assert os_["dataset"]["auroc"] == pytest.approx(0.0)
+    ks = np.array([0.9, 0.8, 0.7, 0.6, 0.9, 0.8, 0.5, 0.4])
+    correct = np.array(y) == np.array(p)
+    us = np.array([0.3, 0.2, 0.85, 0.1, 0.95])
+    assert os_["all"]["auroc"] == pytest.approx(metrics.auroc(ks, us))
+    assert os_["all"]["oscr"] == pytest.approx(metrics.oscr(ks, correct, us))
+    assert os_["all"]["oscr_arpl"] == pytest.approx(metrics.oscr(ks, correct, us, arpl_compat=True))
+    assert os_["all"]["tnr_at_95tpr"] == pytest.approx(metrics.tnr_at_tpr(ks, us, 0.95))
+    assert [os_[g]["n"] for g in evaluation.GROUPS] == [2, 2, 1, 5]
+
+    # tau: the 4th largest of 4 validation scores (ceil(0.95 * 4) = 4) = 0.6
+    fang = rep["fang"]
+    assert fang["tau"] == pytest.approx(0.6) and fang["tau_source"] == "val"
+    # unknowns rejected at 0.6: 0.3, 0.2, 0.1 -> CRR 3/5
+    assert fang["crr"] == pytest.approx(3 / 5)
+    # a: TP 3, FP 1 (e0), FN 1 (a3) -> 6/8; b: TP 2, FP 2 (a3, d0), FN 2 (b2, b3) -> 4/8
+    assert fang["af1"] == pytest.approx((6 / 8 + 4 / 8) / 2)
+    pu = [0, 0, 1, 1, 0]
+    assert fang["af1_crr_auc"] == pytest.approx(metrics.af1_crr_auc(p, y, ks, pu, us, n_classes=2))
+
+    # embeddings separate the 5 true classes by 10 units: k-means at k=5 recovers them
+    cl = rep["clustering"]
+    assert cl["k"] == 5 and cl["n_clusters"] == 5
+    assert cl["nmi"] == pytest.approx(1.0) and cl["purity"] == pytest.approx(1.0) and cl["ari"] == pytest.approx(1.0)
+
+    uc = rep["unknown_classes"]
+    assert uc["s1"] == pytest.approx({"group": "seed", "n": 2, "most_given": "a", "most_given_fraction": 1.0,
+                                      "mean_score": 0.25, "rejected_fraction": 1.0})
+    assert uc["d1"]["most_given"] == "b" and uc["d1"]["mean_score"] == pytest.approx(0.475)
+    assert uc["e1"]["rejected_fraction"] == 0.0
+
+    assert rep["counts"]["failed"] == 1 and rep["failed"][0]["path"] == "/imgs/broken.png"
+    for section, keys in {"closed_set": ["accuracy", "macro_f1"], "fang": ["af1", "crr", "af1_crr_auc"],
+                          "clustering": ["nmi", "purity", "ari"]}.items():
+        for k in keys:
+            assert 0.0 <= rep[section][k] <= 1.0
+    for g in evaluation.GROUPS:
+        for k in ("auroc", "oscr", "tnr_at_95tpr"):
+            assert 0.0 <= os_[g][k] <= 1.0
+
+    # files: JSON equal to the returned report, markdown, plots
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["fang"] == pytest.approx(rep["fang"]) and on_disk["closed_set"] == rep["closed_set"]
+    md = (tmp_path / "report.md").read_text()
+    assert "87.5" in md and "| s1 | seed | 2 | a |" in md and "broken.png" in md
+    for png in ("scores.png", "roc.png", "af1_crr.png", "confusion.png", "tsne.png"):
+        assert (tmp_path / png).stat().st_size > 1000, png
+        assert png in rep["plots"]
+    assert att.augment_calls == 1
+
+
+def test_evaluate_empty_group_and_errors(fake_split: SimpleNamespace) -> None:
+    fake_split.test_out["dataset"] = []
+    rep = evaluation.evaluate(FakeAttributor(["a", "b"]), fake_split, None, plots=False)
+    assert rep["open_set"]["dataset"] == {"auroc": None, "oscr": None, "oscr_arpl": None, "tnr_at_95tpr": None,
+                                          "n": 0}
+    assert rep["open_set"]["all"]["n"] == 4
+    with pytest.raises(ValueError, match="differ from the split's known classes"):
+        evaluation.evaluate(FakeAttributor(["a", "b", "new"]), fake_split, None, plots=False)
+    # no validation images: the model's stored tau is used, else a clear error
+    fake_split.val = []
+    with pytest.raises(ValueError, match="cannot calibrate tau"):
+        evaluation.evaluate(FakeAttributor(["a", "b"]), fake_split, None, plots=False)
+    att = FakeAttributor(["a", "b"])
+    att.tau = 0.55
+    rep = evaluation.evaluate(att, fake_split, None, plots=False)
+    assert rep["fang"]["tau"] == 0.55 and rep["fang"]["tau_source"] == "model"
