@@ -1,8 +1,400 @@
-"""CLI commands: use (placeholder, filled in by its issue)."""
+"""CLI commands that put a trained model to use: attribute, calibrate, enroll, sources, discover, serve."""
 from __future__ import annotations
 
+import csv
+import io
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
 import typer
+
+FORMATS = ("table", "jsonl", "csv")
+
+
+def _load_model(model: str, device: str):  # noqa: ANN202 - osma.attribution.Model
+    from osma.attribution import load
+
+    try:
+        return load(model, device=device)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _fmt(x: Optional[float]) -> str:
+    return "" if x is None or not math.isfinite(x) else f"{x:.4g}"
+
+
+# --- output files (jsonl / csv), resumable ------------------------------------------------
+def _csv_header(sources: list[str]) -> list[str]:
+    return ["path", "source", "nearest", "score", "threshold", "error"] + [f"score:{s}" for s in sources]
+
+
+def _csv_row(d: dict[str, Any], header: list[str]) -> list[str]:
+    row = []
+    for h in header:
+        v = d["scores"].get(h[6:]) if h.startswith("score:") else d.get(h)
+        row.append("" if v is None else (repr(v) if isinstance(v, float) else str(v)))
+    return row
+
+
+def read_done(out: Path, fmt: str) -> tuple[set[str], int, Optional[list[str]]]:
+    """Paths already in ``out`` and how many of them failed; a truncated last line is cut off.
+
+    Returns (done paths, error count, csv header or None).
+    """
+    if not out.exists() or out.stat().st_size == 0:
+        return set(), 0, None
+    raw = out.read_bytes()
+    keep = raw.rfind(b"\n") + 1  # everything after the last newline is a partial row
+    if keep < len(raw):
+        with open(out, "r+b") as fh:
+            fh.truncate(keep)
+        raw = raw[:keep]
+    text = raw.decode("utf-8")
+    done: set[str] = set()
+    n_err = 0
+    header = None
+    if fmt == "jsonl":
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError:
+                raise ValueError(f"{out}:{lineno}: not a JSON line; refusing to append to it") from None
+            if d.get("path"):
+                done.add(d["path"])
+                n_err += d.get("error") is not None
+    else:
+        rows = list(csv.reader(io.StringIO(text)))
+        if rows:
+            header = rows[0]
+            if header[:1] != ["path"]:
+                raise ValueError(f"{out}:1: not an osma csv file (first column must be 'path')")
+            ierr = header.index("error")
+            for r in rows[1:]:
+                if r:
+                    done.add(r[0])
+                    n_err += bool(r[ierr]) if len(r) > ierr else 0
+    return done, n_err, header
+
+
+def _fmt_from(out: Optional[Path], fmt: Optional[str]) -> str:
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}")
+        if out is not None and fmt == "table":
+            raise typer.BadParameter("--out writes jsonl or csv; use --format jsonl|csv")
+        return fmt
+    if out is not None:
+        return "csv" if out.suffix.lower() == ".csv" else "jsonl"
+    return "table"
+
+
+def _print_table(rows: list[dict[str, Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col, kw in (("path", {"overflow": "fold"}), ("source", {}), ("nearest", {}), ("score", {"justify": "right"}),
+                    ("tau", {"justify": "right"}), ("error", {"overflow": "fold"})):
+        table.add_column(col, **kw)
+    for d in rows:
+        src = d["source"] or ""
+        style = "red" if d["error"] else ("yellow" if src == "unknown" else "green")
+        table.add_row(d["path"] or "", f"[{style}]{src}[/]", d["nearest"] or "", _fmt(d["score"]),
+                      _fmt(d["threshold"]), d["error"] or "")
+    Console().print(table)
+
+
+def _progress(total: int, enabled: bool):  # noqa: ANN202 - tqdm
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="attribute", disable=not enabled, file=sys.stderr)
+
+
+# --- commands ------------------------------------------------------------------------------
+def attribute(
+    model: str = typer.Argument(..., help="Model bundle or training run directory."),
+    paths: list[str] = typer.Argument(..., help="Image files, directories (recursive) or globs."),
+    format: Optional[str] = typer.Option(None, "--format", "-f", help="table, jsonl or csv (default: table, or from --out's suffix)."),  # noqa: A002
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Append results to FILE as they come; a re-run resumes."),
+    tau: Optional[float] = typer.Option(None, "--tau", help="Threshold (default: the bundle's calibrated tau)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on for more than one batch)."),
+) -> None:
+    """Attribute images to their source model (or 'unknown').
+
+    Exit status: 0 when every image was attributed, 1 when any could not be read.
+    """
+    from osma.attribution import expand_paths
+
+    fmt = _fmt_from(out, format)
+    m = _load_model(model, device)
+    if m.tau is None and tau is None:
+        typer.echo("warning: model not calibrated (no tau): nothing is rejected as unknown; run `osma calibrate`", err=True)
+    items = expand_paths(paths)
+    if not items:
+        typer.echo("error: no images found in the given paths", err=True)
+        raise typer.Exit(2)
+    prior_errors = 0
+    header: Optional[list[str]] = None
+    fh = None
+    if out is not None:
+        try:
+            done, prior_errors, header = read_done(out, fmt)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        skipped = len(items)
+        items = [p for p in items if p not in done]
+        skipped -= len(items)
+        if skipped:
+            typer.echo(f"resuming: {skipped} image(s) already in {out}, {len(items)} to go", err=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(out, "a", encoding="utf-8", newline="")
+        if fmt == "csv" and header is None:
+            header = _csv_header(m.sources)
+            csv.writer(fh).writerow(header)
+            fh.flush()
+    if header is None:
+        header = _csv_header(m.sources)
+
+    show = progress if progress is not None else len(items) > batch_size
+    rows: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
+    n_err = 0
+    writer = csv.writer(fh if fh is not None else sys.stdout)
+    if fh is None and fmt == "csv":
+        writer.writerow(header)
+    try:
+        with warnings.catch_warnings(), _progress(len(items), show) as bar:
+            warnings.simplefilter("ignore")  # the uncalibrated warning was printed above
+            batch_rows: list[dict[str, Any]] = []
+            for r in m.attribute_iter(items, tau=tau, batch_size=batch_size):
+                d = r.to_dict()
+                n_err += d["error"] is not None
+                key = "error" if d["error"] else d["source"]
+                counts[key] = counts.get(key, 0) + 1
+                batch_rows.append(d)
+                if len(batch_rows) == batch_size:
+                    _emit(batch_rows, fmt, fh, writer, header, rows)
+                    bar.update(len(batch_rows))
+                    batch_rows = []
+            _emit(batch_rows, fmt, fh, writer, header, rows)
+            bar.update(len(batch_rows))
+    finally:
+        if fh is not None:
+            fh.close()
+    if fmt == "table":
+        _print_table(rows, f"osma attribute ({m.method}, tau={_fmt(m.threshold(tau)) or '-inf'})")
+    if out is not None or fmt == "table":
+        summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+        typer.echo(f"{sum(counts.values())} image(s) attributed" + (f" ({summary})" if summary else "")
+                   + (f"; results in {out}" if out is not None else ""), err=True)
+    if n_err + prior_errors:
+        typer.echo(f"{n_err + prior_errors} image(s) could not be read", err=True)
+        raise typer.Exit(1)
+
+
+def _emit(batch: list[dict[str, Any]], fmt: str, fh, writer, header: list[str], rows: list) -> None:  # noqa: ANN001
+    """Write a batch of results to the output file (flushed) or stdout; tables are collected."""
+    if not batch:
+        return
+    if fmt == "table":
+        rows.extend(batch)
+        return
+    for d in batch:
+        if fmt == "jsonl":
+            line = json.dumps(d) + "\n"
+            (fh or sys.stdout).write(line)
+        else:
+            writer.writerow(_csv_row(d, header))
+    (fh or sys.stdout).flush()
+
+
+def calibrate(
+    model: str = typer.Argument(..., help="Model bundle or training run directory."),
+    data: Path = typer.Option(..., "--data", help="data_list.yaml of the benchmark."),
+    split: str = typer.Option(..., "--split", help="Split whose validation images of the known sources are used."),
+    target_tpr: float = typer.Option(0.95, "--target-tpr", min=0.0, max=1.0, help="Known acceptance to aim for."),
+    unknown_val: Optional[list[str]] = typer.Option(None, "--unknown-val", help="Validation images of unknown sources (files, dirs, globs); repeatable."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Data root (default: next to data_list.yaml)."),
+    device: str = typer.Option("auto", "--device"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the result without writing the bundle."),
+) -> None:
+    """Choose the threshold tau and store it in the bundle's model.json.
+
+    Without --unknown-val: the largest tau that accepts at least --target-tpr of the known
+    validation images. With it: the tau maximising Youden's J = TPR - FPR (known = positive).
+    """
+    from osma.attribution import calibrate_model, expand_paths
+    from osma.data import load_split
+
+    m = _load_model(model, device)
+    kwargs = {"root": root} if root is not None else {}
+    try:
+        sp = load_split(data, split, **kwargs)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    known = [(str(s.path), s.label if isinstance(s.label, str) else sp.known_classes[s.label]) for s in sp.val]
+    unknown = expand_paths(unknown_val) if unknown_val else []
+    if unknown_val and not unknown:
+        typer.echo("error: --unknown-val matched no images", err=True)
+        raise typer.Exit(2)
+    try:
+        res = calibrate_model(m, known, unknown, target_tpr=target_tpr)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"criterion: {res['criterion']}")
+    typer.echo(f"tau = {res['tau']:.6g}  (was {_fmt(res['previous_tau']) or 'not set'})")
+    typer.echo(f"known validation images: {res['n_known']}  expected known acceptance: {res['known_acceptance']:.1%}"
+               f"  correct attribution: {res['known_accuracy']:.1%}")
+    if res["unknown_rejection"] is not None:
+        typer.echo(f"unknown validation images: {res['n_unknown']}  expected unknown rejection: {res['unknown_rejection']:.1%}")
+    else:
+        typer.echo("expected unknown rejection: not measured (give --unknown-val images of unknown sources)")
+    if res["errors"]:
+        typer.echo(f"{len(res['errors'])} validation image(s) could not be read and were left out", err=True)
+    if not dry_run:
+        typer.echo(f"saved tau in {m.save()}/model.json")
+
+
+def enroll(
+    model: str = typer.Argument(..., help="Model bundle or training run directory."),
+    images: Optional[list[str]] = typer.Argument(None, help="Images of the new source (files, dirs, globs)."),
+    name: str = typer.Option(..., "--name", help="Name of the new source."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the enlarged model here (default: update MODEL in place)."),
+    from_cluster: Optional[Path] = typer.Option(None, "--from-cluster", help="A cluster directory written by `osma discover`."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Add a new known source from at least 10 of its images, without retraining."""
+    from osma.attribution import MIN_ENROLL_IMAGES, expand_paths
+    from osma.discovery import read_members
+
+    items = expand_paths(images or [])
+    if from_cluster is not None:
+        try:
+            items += [p for p in read_members(from_cluster) if p not in set(items)]
+        except FileNotFoundError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+    if len(items) < MIN_ENROLL_IMAGES:
+        typer.echo(f"error: enrolling {name!r} needs at least {MIN_ENROLL_IMAGES} images, got {len(items)}", err=True)
+        raise typer.Exit(2)
+    m = _load_model(model, device)
+    try:
+        n = m.enroll(name, items)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    target = m.save(out)
+    typer.echo(f"enrolled {name!r} from {n} image(s); model now has {len(m.sources)} sources; saved to {target}")
+
+
+def sources(
+    model: str = typer.Argument(..., help="Model bundle or training run directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """List the model's known sources: trained and enrolled, with image counts."""
+    m = _load_model(model, device)
+    rows = m.source_table()
+    if as_json:
+        typer.echo(json.dumps({"method": m.method, "tau": m.tau, "sources": rows}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{m.bundle_dir} ({m.method}, tau={_fmt(m.tau) or 'not calibrated'})")
+    for col in ("#", "source", "kind", "images"):
+        table.add_column(col)
+    for i, r in enumerate(rows):
+        table.add_row(str(i), r["name"], r["kind"], "" if r["images"] is None else str(r["images"]))
+    Console().print(table)
+
+
+def discover(
+    model: str = typer.Argument(..., help="Model bundle or training run directory."),
+    paths: list[str] = typer.Argument(..., help="Images to cluster (files, dirs, globs)."),
+    k: str = typer.Option("auto", "--k", help="Number of clusters, or 'auto' (silhouette over 2..--k-max)."),
+    k_max: int = typer.Option(12, "--k-max", min=2, help="Largest k tried by --k auto."),
+    out: Path = typer.Option(Path("discovered"), "--out", help="Output directory (cluster_<k>/ per cluster)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="True labels: a path<TAB>label file, or 'folders' (parent folder names)."),
+    rejected_only: bool = typer.Option(False, "--rejected-only", help="Cluster only the images the model rejects as unknown."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Group images into candidate new sources (k-means on L2-normalised embeddings)."""
+    import numpy as np
+
+    from osma.attribution import UNKNOWN, decode, expand_paths
+    from osma.discovery import cluster, true_labels, write_clusters
+
+    if k != "auto" and not k.isdigit():
+        raise typer.BadParameter("--k must be 'auto' or a positive integer")
+    m = _load_model(model, device)
+    items = expand_paths(paths)
+    if rejected_only:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            items = [r.path for r in m.attribute_iter(items) if r.error is None and r.source == UNKNOWN]
+        typer.echo(f"{len(items)} image(s) rejected as unknown")
+    emb, kept, errors = m.embed(items)
+    for e in errors.values():
+        typer.echo(f"skipped: {e}", err=True)
+    if len(kept) < 2:
+        typer.echo("error: need at least 2 readable images to cluster", err=True)
+        raise typer.Exit(2)
+    kept_paths = [items[i] for i in kept]
+    try:
+        truth = true_labels(kept_paths, labels)
+        res = cluster(emb, k if k == "auto" else int(k), k_max=k_max, seed=seed)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    metrics = None
+    if truth is not None:
+        from osma.metrics import clustering_scores
+
+        codes = np.unique(truth, return_inverse=True)[1]  # class names -> integer codes
+        metrics = {key: (float(v) if isinstance(v, (float, np.floating)) else int(v))
+                   for key, v in clustering_scores(codes, res.labels).items()}
+    write_clusters(out, kept_paths, res, decode, metrics)
+    how = "auto (silhouette)" if k == "auto" else "given"
+    typer.echo(f"{len(kept)} image(s) in {res.k} cluster(s), k {how}; written to {out}/cluster_<k>/")
+    for c in range(res.k):
+        typer.echo(f"  cluster_{c}: {int((res.labels == c).sum())} image(s)")
+    if metrics:
+        typer.echo("against the true labels: " + ", ".join(f"{key}={_fmt(v) if isinstance(v, float) else v}" for key, v in metrics.items()))
+    if errors:
+        raise typer.Exit(1)
+
+
+def serve(
+    model: str = typer.Argument(..., help="Model bundle or training run directory."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest request body (all files together)."),
+    max_pixels: int = typer.Option(4096 * 4096, "--max-pixels", help="Largest image (width x height)."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Serve the model over HTTP (POST /v1/attribute, GET /v1/sources, GET /healthz, /docs)."""
+    from osma.server import serve as _serve
+
+    m = _load_model(model, device)
+    _serve(m, host=host, port=port, max_upload_mb=max_upload_mb, max_pixels=max_pixels)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the main app."""
+    for fn in (attribute, calibrate, enroll, sources, discover, serve):
+        app.command(fn.__name__)(fn)

@@ -1,0 +1,443 @@
+"""The attribution API: load a trained bundle and attribute images to their source.
+
+``model = osma.load(RUN_OR_BUNDLE)`` wraps a method's :class:`~osma.methods.base.Attributor`
+in a :class:`Model` that accepts paths, PIL images and arrays, batches them, and returns one
+:class:`Attribution` per image. Unreadable inputs never raise: their result carries
+``error``. Decisions follow the shared sign convention: an image is attributed to its
+nearest known source when ``score >= tau``, otherwise to ``"unknown"``.
+
+Uncalibrated bundles (``tau is None``): every image is accepted (threshold ``-inf``, i.e.
+closed-set attribution) and a warning asks to run ``osma calibrate``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+UNKNOWN = "unknown"
+
+#: extensions picked up when a directory or glob is expanded
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+
+#: fewest images ``enroll`` accepts for a new source
+MIN_ENROLL_IMAGES = 10
+
+ImageInput = Union[str, os.PathLike, np.ndarray, "PIL.Image.Image", bytes]  # noqa: F821
+
+
+@dataclass
+class Attribution:
+    """The attribution of one image.
+
+    ``source``: the decision, a known source name or ``"unknown"``; ``nearest``: the most
+    likely known source; ``score``: knownness score (higher = more likely known);
+    ``threshold``: the tau used; ``scores``: per-source scores; ``path``: the input's path
+    when it had one; ``error``: ``None``, or why the input could not be attributed (then
+    ``source``/``nearest`` are ``None`` and ``score`` is NaN).
+    """
+
+    source: str | None
+    nearest: str | None
+    score: float
+    threshold: float
+    scores: dict[str, float] = field(default_factory=dict)
+    path: str | None = None
+    error: str | None = None
+
+    @property
+    def known(self) -> bool:
+        """True when the image was attributed to a known source."""
+        return self.error is None and self.source != UNKNOWN
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (NaN / infinite numbers become ``None``)."""
+        d = asdict(self)
+        for key in ("score", "threshold"):
+            d[key] = _finite_or_none(d[key])
+        d["scores"] = {k: _finite_or_none(v) for k, v in d["scores"].items()}
+        return d
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+class Model:
+    """A loaded attributor with a convenient, batched, error-tolerant interface."""
+
+    def __init__(self, attributor, bundle_dir: str | os.PathLike | None = None) -> None:  # noqa: ANN001
+        self.attributor = attributor
+        self.bundle_dir = Path(bundle_dir) if bundle_dir is not None else None
+        self._warned_uncalibrated = False
+
+    # --- description -------------------------------------------------------------------
+    @property
+    def sources(self) -> list[str]:
+        """Known source names, trained then enrolled, in class-index order."""
+        return list(self.attributor.classes)
+
+    @property
+    def enrolled(self) -> dict[str, int]:
+        """Enrolled sources -> number of images they were enrolled from."""
+        return dict(getattr(self.attributor, "enrolled", {}) or {})
+
+    @property
+    def method(self) -> str:
+        """Registry name of the method (``softmax``, ``pose``, ``metric``, ...)."""
+        return str(getattr(self.attributor, "method", "") or "")
+
+    @property
+    def tau(self) -> float | None:
+        """The calibrated threshold stored in the bundle (``None`` when uncalibrated)."""
+        tau = getattr(self.attributor, "tau", None)
+        return None if tau is None else float(tau)
+
+    @tau.setter
+    def tau(self, value: float | None) -> None:
+        self.attributor.tau = None if value is None else float(value)
+
+    def source_table(self) -> list[dict[str, Any]]:
+        """One row per source: ``name``, ``kind`` (trained / enrolled), ``images`` (or None)."""
+        enrolled = self.enrolled
+        counts = (getattr(self.attributor, "config", {}) or {}).get("train_counts", {}) or {}
+        return [
+            {
+                "name": s,
+                "kind": "enrolled" if s in enrolled else "trained",
+                "images": enrolled.get(s, counts.get(s)),
+            }
+            for s in self.sources
+        ]
+
+    def threshold(self, tau: float | None = None) -> float:
+        """The threshold to use: ``tau`` if given, else the bundle's, else ``-inf`` (warns)."""
+        if tau is not None:
+            return float(tau)
+        if self.tau is not None:
+            return self.tau
+        if not self._warned_uncalibrated:
+            warnings.warn(
+                "model is not calibrated (no tau in model.json): every image is attributed to its "
+                "nearest known source, none is rejected as unknown; run `osma calibrate` first",
+                stacklevel=3,
+            )
+            self._warned_uncalibrated = True
+        return -math.inf
+
+    # --- attribution -------------------------------------------------------------------
+    def attribute(
+        self, images: ImageInput | Sequence[ImageInput], tau: float | None = None, batch_size: int = 64
+    ) -> list[Attribution]:
+        """Attribute one image or a list of images (paths, PIL images, uint8 arrays, bytes).
+
+        Returns one :class:`Attribution` per input, in order; unreadable inputs get ``error``.
+        """
+        return list(self.attribute_iter(_as_list(images), tau=tau, batch_size=batch_size))
+
+    def attribute_iter(
+        self, images: Iterable[ImageInput], tau: float | None = None, batch_size: int = 64
+    ) -> Iterator[Attribution]:
+        """Like :meth:`attribute` but lazy: decodes and predicts ``batch_size`` images at a time."""
+        thr = self.threshold(tau)
+        for batch in _chunks(images, batch_size):
+            yield from self._attribute_batch(batch, thr)
+
+    def _attribute_batch(self, batch: list[ImageInput], thr: float) -> list[Attribution]:
+        decoded, errors = decode_many(batch)
+        results: list[Attribution | None] = [None] * len(batch)
+        for i, err in errors.items():
+            results[i] = Attribution(None, None, math.nan, thr, {}, _path_of(batch[i]), err)
+        ok = [i for i in range(len(batch)) if i not in errors]
+        if ok:
+            pred = self.attributor.predict_arrays([decoded[i] for i in ok])
+            names = self.sources
+            for j, i in enumerate(ok):
+                nearest = names[int(pred.pred[j])]
+                score = float(pred.score[j])
+                results[i] = Attribution(
+                    source=nearest if score >= thr else UNKNOWN,
+                    nearest=nearest,
+                    score=score,
+                    threshold=thr,
+                    scores={n: float(s) for n, s in zip(names, pred.class_scores[j])},
+                    path=_path_of(batch[i]),
+                )
+        return results  # type: ignore[return-value]
+
+    def embed(self, images: Sequence[ImageInput], batch_size: int = 64) -> tuple[np.ndarray, list[int], dict[int, str]]:
+        """Embed images. Returns (embeddings of the readable ones, their indices, {index: error})."""
+        embs: list[np.ndarray] = []
+        kept: list[int] = []
+        errors: dict[int, str] = {}
+        items = _as_list(images)
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            decoded, errs = decode_many(batch)
+            errors.update({start + i: e for i, e in errs.items()})
+            ok = [i for i in range(len(batch)) if i not in errs]
+            if ok:
+                embs.append(np.asarray(self.attributor.embed_arrays([decoded[i] for i in ok])))
+                kept.extend(start + i for i in ok)
+        emb = np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)
+        return emb, kept, errors
+
+    # --- changing the model ------------------------------------------------------------
+    def enroll(self, name: str, images: Sequence[ImageInput], min_images: int = MIN_ENROLL_IMAGES) -> int:
+        """Add ``name`` as a known source from its images, without retraining.
+
+        Unreadable images are skipped; raises ``ValueError`` when fewer than ``min_images``
+        are readable or when ``name`` already is a source. Returns the number of images used.
+        """
+        name = name.strip()
+        if not name or name == UNKNOWN:
+            raise ValueError(f"invalid source name {name!r}")
+        if name in self.sources:
+            raise ValueError(f"source {name!r} already exists in the model (sources: {', '.join(self.sources)})")
+        items = _as_list(images)
+        if len(items) < min_images:
+            raise ValueError(f"enrolling {name!r} needs at least {min_images} images, got {len(items)}")
+        emb, kept, errors = self.embed(items)
+        if len(kept) < min_images:
+            first = "; ".join(list(errors.values())[:3])
+            raise ValueError(
+                f"enrolling {name!r} needs at least {min_images} readable images, "
+                f"got {len(kept)} ({len(errors)} unreadable: {first})"
+            )
+        self.attributor.enroll(name, emb)
+        # the interface says enroll records the count; make sure it is there
+        enrolled = getattr(self.attributor, "enrolled", None)
+        if isinstance(enrolled, dict) and name not in enrolled:
+            enrolled[name] = len(kept)
+        return len(kept)
+
+    def save(self, bundle_dir: str | os.PathLike | None = None) -> Path:
+        """Write the bundle (to ``bundle_dir`` or back where it was loaded from)."""
+        target = Path(bundle_dir) if bundle_dir is not None else self.bundle_dir
+        if target is None:
+            raise ValueError("no bundle directory: pass one to save()")
+        target.mkdir(parents=True, exist_ok=True)
+        self.attributor.save(target)
+        if bundle_dir is not None:
+            self.bundle_dir = target
+        return target
+
+
+# --- loading -------------------------------------------------------------------------------
+def find_bundle(path: str | os.PathLike) -> Path:
+    """Resolve a bundle directory (with ``model.json``) from a bundle, run directory or model.json.
+
+    In a run directory the shallowest ``model.json`` outside checkpoint folders wins.
+    """
+    p = Path(path)
+    if p.is_file() and p.name in ("model.json", "model.safetensors"):
+        p = p.parent
+    if not p.exists():
+        raise FileNotFoundError(f"model not found: {path}")
+    if (p / "model.json").is_file():
+        return p
+    found = [
+        c.parent
+        for c in p.rglob("model.json")
+        if not any(part.startswith(("checkpoint", "ckpt")) for part in c.relative_to(p).parts)
+    ]
+    if not found:
+        raise FileNotFoundError(f"no model bundle (model.json + model.safetensors) in {path}")
+    found.sort(key=lambda d: (len(d.relative_to(p).parts), str(d)))
+    return found[0]
+
+
+def _load_attributor(bundle_dir: Path, device: str):  # noqa: ANN202 - Attributor
+    from osma.methods import load_attributor
+
+    return load_attributor(bundle_dir, device)
+
+
+def load(path: str | os.PathLike, device: str = "auto") -> Model:
+    """Load a trained model for attribution from a bundle or run directory."""
+    bundle = find_bundle(path)
+    return Model(_load_attributor(bundle, device), bundle_dir=bundle)
+
+
+# --- inputs --------------------------------------------------------------------------------
+def _as_list(images: Any) -> list[Any]:
+    if isinstance(images, (str, os.PathLike, bytes, np.ndarray)) or _is_pil(images):
+        return [images]
+    return list(images)
+
+
+def _chunks(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    if n < 1:
+        raise ValueError(f"batch_size must be >= 1, got {n}")
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _is_pil(x: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(x, Image.Image)
+
+
+def _path_of(item: Any) -> str | None:
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    fn = getattr(item, "filename", None)  # PIL images opened from a file
+    return fn or None
+
+
+def decode(item: ImageInput) -> np.ndarray:
+    """Decode a path, bytes, PIL image or array into an HxWx3 uint8 array (raises on failure)."""
+    from osma.images import load_image, to_rgb_array
+
+    if isinstance(item, (str, os.PathLike, bytes)):
+        return load_image(item)
+    if _is_pil(item):
+        return to_rgb_array(item)  # the pipeline's mode conversions (I;16, CMYK, P, RGBA, ...)
+    if isinstance(item, np.ndarray):
+        return _array_to_rgb(item)
+    raise TypeError(f"cannot attribute an object of type {type(item).__name__}: pass a path, PIL image or array")
+
+
+def _array_to_rgb(a: np.ndarray) -> np.ndarray:
+    if a.dtype != np.uint8:
+        raise ValueError(f"arrays must be uint8 HxW or HxWx{{1,3,4}}, got dtype {a.dtype}")
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4) or a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"arrays must be uint8 HxW or HxWx{{1,3,4}}, got shape {a.shape}")
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    return np.ascontiguousarray(a[:, :, :3])
+
+
+def decode_many(items: Sequence[ImageInput]) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Decode a batch; returns ({index: array}, {index: error message})."""
+    ok: dict[int, np.ndarray] = {}
+    errors: dict[int, str] = {}
+    for i, item in enumerate(items):
+        try:
+            ok[i] = decode(item)
+        except Exception as exc:  # noqa: BLE001 - any decoding failure becomes that row's error
+            msg = str(exc) or type(exc).__name__
+            path = _path_of(item)
+            errors[i] = msg if path is None or path in msg else f"{path}: {msg}"
+    return ok, errors
+
+
+def expand_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
+    """Expand files, directories (recursively, image extensions only) and globs, in order.
+
+    Explicitly named files are kept whatever their extension (so a bad one is reported);
+    names and globs that match nothing are kept too, and fail later with "not found".
+    """
+    import glob
+
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def add(p: str) -> None:
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+
+    for raw in inputs:
+        s = os.fspath(raw)
+        p = Path(s)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                    add(str(f))
+        elif p.exists():
+            add(s)
+        elif glob.has_magic(s) and glob.glob(s, recursive=True):
+            for m in sorted(glob.glob(s, recursive=True)):
+                mp = Path(m)
+                if mp.is_dir():
+                    for f in sorted(mp.rglob("*")):
+                        if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                            add(str(f))
+                elif mp.suffix.lower() in IMAGE_EXTENSIONS:
+                    add(m)
+        else:
+            add(s)
+    return out
+
+
+# --- calibration ---------------------------------------------------------------------------
+def choose_tau(known_scores: np.ndarray, unknown_scores: np.ndarray | None = None, target_tpr: float = 0.95) -> tuple[float, str]:
+    """Pick tau from validation scores (higher = known; accept when ``score >= tau``).
+
+    Without unknown scores: the largest tau accepting at least ``target_tpr`` of the known
+    images. With them: the tau maximising Youden's J = TPR - FPR (ties: the larger TPR).
+    Returns (tau, description of the criterion).
+    """
+    from osma.metrics import calibrate_threshold
+
+    ks = np.asarray(known_scores, dtype=np.float64)
+    if ks.size == 0:
+        raise ValueError("no known validation scores to calibrate on")
+    if unknown_scores is None or len(unknown_scores) == 0:
+        return float(calibrate_threshold(ks, target_tpr)), f"accept {target_tpr:.0%} of known validation images"
+    from osma.metrics import roc_curve_known
+
+    us = np.asarray(unknown_scores, dtype=np.float64)
+    fpr, tpr, thr = roc_curve_known(ks, us)
+    j = tpr - fpr
+    best = np.flatnonzero(j == j.max())
+    i = best[np.argmax(tpr[best])]
+    tau = float(thr[i]) if math.isfinite(thr[i]) else float(np.max(np.r_[ks, us]) + 1.0)
+    return tau, "maximise Youden's J = TPR - FPR on known vs unknown validation images"
+
+
+def calibrate_model(
+    model: Model,
+    known: Sequence[tuple[str, str]],
+    unknown: Sequence[str] = (),
+    target_tpr: float = 0.95,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Set ``model.tau`` from known (path, source) and unknown validation images.
+
+    Returns tau, the criterion, the previous tau, and the expected known acceptance, correct
+    attribution rate of accepted-or-not known images, and unknown rejection at the new tau.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rk = model.attribute([p for p, _ in known], tau=-math.inf, batch_size=batch_size)
+        ru = model.attribute(list(unknown), tau=-math.inf, batch_size=batch_size) if unknown else []
+    errors = [r.error for r in rk + ru if r.error is not None]
+    ok_k = [(r, lab) for r, (_, lab) in zip(rk, known) if r.error is None]
+    ok_u = [r for r in ru if r.error is None]
+    if not ok_k:
+        raise ValueError("none of the known validation images could be read" + (f": {errors[0]}" if errors else ""))
+    ks = np.array([r.score for r, _ in ok_k])
+    us = np.array([r.score for r in ok_u])
+    tau, criterion = choose_tau(ks, us if unknown else None, target_tpr)
+    previous = model.tau
+    model.tau = tau
+    return {
+        "tau": tau,
+        "criterion": criterion,
+        "previous_tau": previous,
+        "n_known": len(ok_k),
+        "n_unknown": len(ok_u),
+        "known_acceptance": float(np.mean(ks >= tau)),
+        "known_accuracy": float(np.mean([r.nearest == lab and r.score >= tau for r, lab in ok_k])),
+        "unknown_rejection": float(np.mean(us < tau)) if len(us) else None,
+        "errors": errors,
+    }
