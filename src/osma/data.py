@@ -1,16 +1,647 @@
 """Benchmark data: the public POSE/OSMA annotation format and plain folder trees.
 
-(Reader, validation and ``osma data check`` are added by the foundation issue.)
+One in-memory description of a benchmark split, :class:`Split`, is built either from a
+POSE ``data_list.yaml`` (:func:`load_split`) or from a folder tree ``ROOT/<source>/**/<image>``
+(:func:`load_folder`). :func:`check` validates either and returns a :class:`CheckReport`
+(``osma data check`` prints it); :func:`write_benchmark` writes the public format.
+
+Public format (ICTMCG/POSE, ``configs/data_list.yaml``): each split names ``data_path``,
+``known_classes``, ``unknown_classes1/2/3`` (unseen seed / architecture / dataset),
+``train_collection`` and ``val_collection`` (list at ``DATA_PATH/COLL/annotations/COLL.txt``),
+``test_data_path`` and ``out_data_path``; the per-group unknown lists sit beside the latter
+as ``*_test_out_seed.txt`` etc. Every list holds ``path<TAB>label`` lines. The label indexes
+``known_classes`` in train / val / test, the group's list in ``*_test_out_<group>.txt`` and the
+concatenation seed + arch + dataset in ``*_test_out.txt``.
 """
 from __future__ import annotations
 
+import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import yaml
 
 #: unknown groups in the public format, in the order of ``unknown_classes1/2/3``
 UNKNOWN_GROUPS: tuple[str, ...] = ("seed", "arch", "dataset")
+
+#: image file extensions read by :func:`load_folder` (compared lower-case)
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+
+#: keys every split of a ``data_list.yaml`` must have
+SPLIT_KEYS: tuple[str, ...] = (
+    "data_path", "known_classes", "unknown_classes1", "unknown_classes2", "unknown_classes3",
+    "train_collection", "val_collection", "test_data_path", "out_data_path",
+)
+
+#: how many offending paths / lines a problem message quotes
+_FIRST = 5
+
+
+class DataFormatError(ValueError):
+    """A benchmark description or list is malformed; the message names the file and line."""
+
+
+class Sample(NamedTuple):
+    """One image: resolved absolute path and class name."""
+
+    path: Path
+    label: str
+
+
+@dataclass
+class Split:
+    """One benchmark split: known classes with train / val / test lists, unknown test lists by group."""
+
+    name: str
+    root: Path  # data root the image paths were resolved against
+    known_classes: list[str]  # index = class id ('real' first in the public files)
+    unknown_classes: dict[str, list[str]]  # group -> names; always has the keys of UNKNOWN_GROUPS
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    test_out: dict[str, list[Sample]]  # group -> test samples of that group's unknown classes
+    #: list name ("train", "val", "test", "out_<group>") -> annotation file it was read from
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def unknown_all(self) -> list[str]:
+        """All unknown class names: seed + arch + dataset (then any other group), in order."""
+        return [c for g in _group_order(self.unknown_classes) for c in self.unknown_classes[g]]
+
+    @property
+    def out_all(self) -> list[Sample]:
+        """All unknown test samples, groups concatenated in :attr:`unknown_all` order."""
+        return [s for g in _group_order(self.test_out) for s in self.test_out[g]]
+
+    def labels(self, samples: Sequence[Sample]) -> np.ndarray:
+        """Known-class indices of ``samples`` (int64); a class that is not known is an error."""
+        index = {c: i for i, c in enumerate(self.known_classes)}
+        try:
+            return np.fromiter((index[s.label] for s in samples), dtype=np.int64, count=len(samples))
+        except KeyError as err:
+            raise ValueError(f"class {err.args[0]!r} is not a known class of {self.name}") from None
+
+    def lists(self) -> dict[str, list[Sample]]:
+        """Every list by name: ``train``, ``val``, ``test``, ``out_<group>``."""
+        return {"train": self.train, "val": self.val, "test": self.test,
+                **{f"out_{g}": v for g, v in self.test_out.items()}}
+
+
+def _group_order(groups: Mapping[str, object]) -> list[str]:
+    return [g for g in UNKNOWN_GROUPS if g in groups] + [g for g in groups if g not in UNKNOWN_GROUPS]
+
+
+# ----------------------------------------------------------------------------------------
+# problems (shared by the strict loaders and the lenient check)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a benchmark. ``kind`` is one of :data:`PROBLEM_KINDS`."""
+
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+#: problem kinds, in the order ``osma data check`` reports them
+PROBLEM_KINDS: tuple[str, ...] = (
+    "format", "missing_list", "malformed", "label", "empty_class", "duplicate", "overlap",
+    "inconsistent", "missing_images",
+)
+#: kinds that make a list unreadable: the strict loaders raise on these
+_FATAL = {"format", "missing_list", "malformed", "label"}
+
+
+class _Sink:
+    """Collects problems (lenient) or raises on the first fatal one (strict, ``problems is None``)."""
+
+    def __init__(self, problems: list[Problem] | None) -> None:
+        self.problems = problems
+
+    def add(self, kind: str, message: str) -> None:
+        if self.problems is None:
+            if kind in _FATAL:
+                raise (FileNotFoundError if kind == "missing_list" else DataFormatError)(message)
+            return
+        self.problems.append(Problem(kind, message))
+
+
+# ----------------------------------------------------------------------------------------
+# annotation lists
+
+
+def _read_list(path: Path, classes: Sequence[str], sink: _Sink) -> list[tuple[str, str]]:
+    """Parse a ``path<TAB>label`` file into (relative path, class name) pairs.
+
+    Blank lines are skipped (the public split1 train list has one); malformed lines, labels
+    outside ``classes`` and duplicate paths are reported with their line numbers.
+    """
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        sink.add("malformed", f"{path}:{line}: not valid UTF-8")
+        text = raw.decode("utf-8", errors="replace")
+    n = len(classes)
+    pairs: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    bad: dict[str, list[str]] = {"malformed": [], "label": [], "duplicate": []}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 or not parts[0].strip() or not parts[1].strip().lstrip("-").isdigit():
+            bad["malformed"].append(f"{path}:{lineno}: expected 'path<TAB>integer label', got {line[:120]!r}")
+            continue
+        rel, lab = parts[0].strip(), int(parts[1])
+        if not 0 <= lab < n:
+            bad["label"].append(f"{path}:{lineno}: label {lab} out of range 0..{n - 1}")
+            continue
+        if rel in seen:
+            bad["duplicate"].append(f"{path}:{lineno}: duplicate of line {seen[rel]}: {rel}")
+        else:
+            seen[rel] = lineno
+        pairs.append((rel, classes[lab]))
+    for kind, msgs in bad.items():
+        if msgs:
+            more = f" (and {len(msgs) - _FIRST} more such lines)" if len(msgs) > _FIRST else ""
+            sink.add(kind, "\n".join(msgs[:_FIRST]) + more)
+    return pairs
+
+
+def _samples(root: str, pairs: Sequence[tuple[str, str]]) -> list[Sample]:
+    """Resolve relative paths lexically (no file-system calls: the images may be absent)."""
+    join, norm, split = os.path.join, os.path.normpath, os.path.split
+    dirs: dict[str, Path] = {}  # building Path objects dominates; a few hundred distinct folders
+    out = []
+    for rel, c in pairs:
+        head, name = split(norm(join(root, rel)))
+        parent = dirs.get(head)
+        if parent is None:
+            parent = dirs[head] = Path(head)
+        out.append(Sample(parent / name, c))
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# data_list.yaml
+
+
+def _collection_file(data_path: str, collection: str) -> str:
+    """POSE's ``DATA_PATH/COLL/annotations/COLL.txt``."""
+    return f"{data_path.rstrip('/')}/{collection}/annotations/{collection}.txt"
+
+
+def _group_file(out_data_path: str, group: str) -> str:
+    """``.../split1_test_out.txt`` -> ``.../split1_test_out_<group>.txt`` (file name only)."""
+    head, name = os.path.split(out_data_path)
+    stem, ext = os.path.splitext(name)
+    return os.path.join(head, f"{stem}_{group}{ext}") if head else f"{stem}_{group}{ext}"
+
+
+def _read_yaml(data_list: Path) -> tuple[dict, dict[str, int]]:
+    """The parsed document and the line of each top-level key (for error messages)."""
+    try:
+        text = data_list.read_text(encoding="utf-8")
+        doc = yaml.safe_load(text)
+        node = yaml.compose(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise DataFormatError(f"{data_list}{line}: invalid YAML: {err.problem or err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataFormatError(f"{data_list}: cannot read: {err}") from None
+    if not isinstance(doc, dict):
+        raise DataFormatError(f"{data_list}:1: expected a mapping of split names to split descriptions")
+    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if isinstance(node, yaml.MappingNode) else {}
+    return doc, lines
+
+
+def _class_list(value: object, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
+        raise DataFormatError(f"{where}: expected a list of class names")
+    return list(value)
+
+
+def _split_spec(doc: dict, lines: dict[str, int], data_list: Path, split: str) -> dict:
+    """Validate one split's entry: required keys, class lists, unique class names."""
+    where = f"{data_list}:{lines.get(split, 1)}"
+    if split not in doc:
+        raise DataFormatError(f"{data_list}: no split {split!r} (has: {', '.join(map(str, doc))})")
+    spec = doc[split]
+    if not isinstance(spec, dict):
+        raise DataFormatError(f"{where}: split {split!r} is not a mapping")
+    missing = [k for k in SPLIT_KEYS if k not in spec]
+    if missing:
+        raise DataFormatError(f"{where}: split {split!r} lacks {', '.join(missing)}")
+    for k in ("data_path", "train_collection", "val_collection", "test_data_path", "out_data_path"):
+        if not isinstance(spec[k], str) or not spec[k]:
+            raise DataFormatError(f"{where}: {split}.{k} must be a non-empty string")
+    known = _class_list(spec["known_classes"], f"{where}: {split}.known_classes")
+    unknown = {g: _class_list(spec[f"unknown_classes{i + 1}"], f"{where}: {split}.unknown_classes{i + 1}")
+               for i, g in enumerate(UNKNOWN_GROUPS)}
+    dup = [c for c, k in Counter(known + [c for v in unknown.values() for c in v]).items() if k > 1]
+    if dup:
+        raise DataFormatError(f"{where}: split {split!r} names these classes more than once: {', '.join(dup)}")
+    return {**spec, "known_classes": known, "unknown_classes": unknown}
+
+
+def default_root(data_list: str | Path, data_path: str = "./dataset") -> Path:
+    """The data root that ``./dataset/...`` image paths resolve against, when none is given.
+
+    The directory of ``data_list.yaml`` if it holds ``data_path`` (the layout written by
+    :func:`write_benchmark`), else its parent if that does (POSE's repository layout,
+    ``configs/data_list.yaml`` beside ``dataset/``), else the directory of ``data_list.yaml``.
+    """
+    here = Path(data_list).absolute().parent
+    for cand in (here, here.parent):
+        if (cand / data_path).is_dir():
+            return cand
+    return here
+
+
+def _locate(rel: str, yaml_dir: Path, root: Path, data_path: str) -> tuple[Path | None, list[Path]]:
+    """Find an annotation file named ``./dataset/...`` in the yaml: first existing candidate.
+
+    Tried: ``root/rel``, ``yaml_dir/rel``, ``yaml_dir/<rel without data_path>`` (annotation
+    folders lying beside data_list.yaml, as in ../shared/pose_annotations) and
+    ``yaml_dir.parent/rel`` (POSE's repository layout).
+    """
+    p = Path(rel)
+    if p.is_absolute():
+        return (p if p.is_file() else None), [p]
+    prefix = os.path.normpath(data_path)
+    norm = os.path.normpath(rel)
+    stripped = norm[len(prefix) + 1:] if prefix != "." and norm.startswith(prefix + os.sep) else norm
+    cands = list(dict.fromkeys([root / norm, yaml_dir / norm, yaml_dir / stripped, yaml_dir.parent / norm]))
+    return next((c for c in cands if c.is_file()), None), cands
+
+
+def _list_files(spec: dict, yaml_dir: Path, root: Path) -> dict[str, tuple[Path | None, list[Path]]]:
+    """Where each list of a split lies: name -> (file or None, candidates tried)."""
+    dp = spec["data_path"]
+    rels = {
+        "train": _collection_file(dp, spec["train_collection"]),
+        "val": _collection_file(dp, spec["val_collection"]),
+        "test": spec["test_data_path"],
+        "out": spec["out_data_path"],
+        **{f"out_{g}": _group_file(spec["out_data_path"], g) for g in UNKNOWN_GROUPS},
+    }
+    return {k: _locate(v, yaml_dir, root, dp) for k, v in rels.items()}
+
+
+def _build_split(
+    data_list: Path, name: str, spec: dict, root: Path, files: dict, sink: _Sink, verify: bool,
+) -> Split:
+    """Read the lists of one split (files already located). ``verify`` cross-checks test_out.txt."""
+    known, unknown = spec["known_classes"], spec["unknown_classes"]
+    concat = [c for g in UNKNOWN_GROUPS for c in unknown[g]]
+    root_s = str(root)
+    used: dict[str, Path] = {}
+
+    def read(key: str, classes: Sequence[str]) -> list[tuple[str, str]] | None:
+        path, tried = files[key]
+        if path is None:
+            return None
+        used[key] = path
+        return _read_list(path, classes, sink)
+
+    lists: dict[str, list[Sample]] = {}
+    for key in ("train", "val", "test"):
+        pairs = read(key, known)
+        if pairs is None:
+            sink.add("missing_list", f"{data_list}: {name} {key} list not found (tried {', '.join(map(str, files[key][1]))})")
+            pairs = []
+        lists[key] = _samples(root_s, pairs)
+
+    group_pairs = {g: read(f"out_{g}", unknown[g]) for g in UNKNOWN_GROUPS}
+    need_concat = any(v is None for v in group_pairs.values())
+    concat_pairs = read("out", concat) if (need_concat or verify) else None
+    group_of = {c: g for g in UNKNOWN_GROUPS for c in unknown[g]}
+    if concat_pairs is not None:
+        from_concat: dict[str, list[tuple[str, str]]] = {g: [] for g in UNKNOWN_GROUPS}
+        for rel, c in concat_pairs:
+            from_concat[group_of[c]].append((rel, c))
+        for g in UNKNOWN_GROUPS:
+            if group_pairs[g] is None:
+                group_pairs[g] = from_concat[g]
+            elif verify and Counter(group_pairs[g]) != Counter(from_concat[g]):
+                diff = (Counter(group_pairs[g]) - Counter(from_concat[g])) + (Counter(from_concat[g]) - Counter(group_pairs[g]))
+                sink.add("inconsistent", f"{used['out']} and {used[f'out_{g}']} disagree on "
+                                         f"{sum(diff.values())} {g} entries (e.g. {next(iter(diff))[0]})")
+    elif need_concat:
+        absent = [g for g, v in group_pairs.items() if v is None]
+        sink.add("missing_list", f"{data_list}: {name} unknown test lists not found for {', '.join(absent)} "
+                                 f"(tried {', '.join(map(str, files['out'][1]))} and the per-group files beside it)")
+    test_out = {g: _samples(root_s, group_pairs[g] or []) for g in UNKNOWN_GROUPS}
+    return Split(name=name, root=root, known_classes=list(known),
+                 unknown_classes={g: list(unknown[g]) for g in UNKNOWN_GROUPS},
+                 train=lists["train"], val=lists["val"], test=lists["test"], test_out=test_out, files=used)
+
+
+def split_names(data_list: str | Path) -> list[str]:
+    """Names of the splits described in a ``data_list.yaml``, in file order."""
+    doc, _ = _read_yaml(Path(data_list))
+    return [str(k) for k in doc]
+
+
+def load_split(
+    data_list: str | Path, split: str = "split1", root: str | Path | None = None, *, check_images: bool = False,
+) -> Split:
+    """Read one split of a POSE-format ``data_list.yaml``.
+
+    Image paths resolve against ``root`` (default: :func:`default_root`). Annotation files
+    are looked up robustly (see :func:`_locate`). Unknown test lists come from the per-group
+    files when present, else from ``*_test_out.txt`` split by the concatenated class list.
+    Raises :class:`DataFormatError` (file and line) on malformed lines or out-of-range
+    labels, :class:`FileNotFoundError` for an absent list, and, with ``check_images``, for
+    missing image files (count and the first few).
+    """
+    data_list = Path(data_list)
+    doc, lines = _read_yaml(data_list)
+    spec = _split_spec(doc, lines, data_list, split)
+    root_p = Path(root).absolute() if root is not None else default_root(data_list, spec["data_path"])
+    files = _list_files(spec, data_list.absolute().parent, root_p)
+    out = _build_split(data_list, split, spec, root_p, files, _Sink(None), verify=False)
+    if check_images:
+        problem = _missing_images(out)
+        if problem is not None:
+            raise FileNotFoundError(problem.message)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# folder trees
+
+
+def _images_under(folder: Path) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath, f) for f in sorted(filenames)
+                if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    return out
+
+
+def folder_sources(root: str | Path) -> list[str]:
+    """Names of the source folders directly under ``root`` (sorted; hidden ones skipped)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataFormatError(f"{root}: not a directory")
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def load_folder(
+    root: str | Path,
+    known: Sequence[str],
+    unknown: Mapping[str, Sequence[str]] | None = None,
+    *,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Split:
+    """Read a folder tree ``ROOT/<source>/**/<image>`` as a split named ``folder``.
+
+    Each known source's images (sorted, then shuffled with ``seed``) are divided into
+    test (``round(n * test_fraction)``, at least 1 when n >= 2), val (``round(n * val_fraction)``,
+    at least 1 when n >= 3) and train (the rest). Every image of an unknown source goes to
+    ``test_out[group]``; groups are free-form names (``seed``, ``arch``, ``dataset`` are
+    always present, possibly empty). Extensions: png jpg jpeg webp bmp tif tiff.
+    """
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+    base = Path(root).resolve()
+    present = set(folder_sources(base))
+    unknown = {g: list(v) for g, v in (unknown or {}).items()}
+    named = list(known) + [c for v in unknown.values() for c in v]
+    dup = [c for c, k in Counter(named).items() if k > 1]
+    if dup:
+        raise DataFormatError(f"{base}: sources named more than once: {', '.join(dup)}")
+    absent = [c for c in named if c not in present]
+    if absent:
+        raise DataFormatError(f"{base}: no source folder for {', '.join(absent)} "
+                              f"(found: {', '.join(sorted(present)) or 'none'})")
+    if not known:
+        raise DataFormatError(f"{base}: no known sources chosen")
+    rng = np.random.default_rng(seed)
+    lists: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
+    for cls in known:
+        paths = _images_under(base / cls)
+        paths = [paths[i] for i in rng.permutation(len(paths))]
+        n = len(paths)
+        n_test = max(1 if n >= 2 and test_fraction > 0 else 0, round(n * test_fraction))
+        n_val = max(1 if n >= 3 and val_fraction > 0 else 0, round(n * val_fraction))
+        lists["test"] += [Sample(p, cls) for p in paths[:n_test]]
+        lists["val"] += [Sample(p, cls) for p in paths[n_test:n_test + n_val]]
+        lists["train"] += [Sample(p, cls) for p in paths[n_test + n_val:]]
+    groups = {g: [] for g in UNKNOWN_GROUPS} | unknown
+    test_out = {g: [Sample(p, c) for c in v for p in _images_under(base / c)] for g, v in groups.items()}
+    return Split(name="folder", root=base, known_classes=list(known), unknown_classes=groups,
+                 train=lists["train"], val=lists["val"], test=lists["test"], test_out=test_out)
+
+
+# ----------------------------------------------------------------------------------------
+# validation
+
+
+def _missing_images(split: Split) -> Problem | None:
+    counts: dict[str, int] = {}
+    first: list[str] = []
+    total = 0
+    seen: set[Path] = set()
+    for name, samples in split.lists().items():
+        for s in samples:
+            if s.path in seen:
+                continue
+            seen.add(s.path)
+            if not os.path.isfile(s.path):
+                counts[name] = counts.get(name, 0) + 1
+                total += 1
+                if len(first) < _FIRST:
+                    first.append(str(s.path))
+    if not total:
+        return None
+    by_list = ", ".join(f"{k} {v}" for k, v in counts.items())
+    return Problem("missing_images", f"{total} of {len(seen)} image files missing under {split.root} "
+                                     f"({by_list}); first: " + "; ".join(first))
+
+
+def validate_split(split: Split, *, check_images: bool = True, check_duplicates: bool = True) -> list[Problem]:
+    """Problems of a loaded split: empty classes, duplicate paths, paths in two lists, missing images.
+
+    A known class must have images in train and test (and in val, when val is not empty);
+    an unknown class must have unknown test images. ``check_duplicates=False`` when the
+    lists were parsed from files (the parser already reported duplicates with line numbers).
+    """
+    problems: list[Problem] = []
+    lists = split.lists()
+    for key in ("train", "val", "test"):
+        if key == "val" and not split.val:
+            continue
+        have = Counter(s.label for s in lists[key])
+        empty = [c for c in split.known_classes if not have[c]]
+        if empty:
+            problems.append(Problem("empty_class", f"{split.name}: no {key} images for known class(es) {', '.join(empty)}"))
+    for g in _group_order(split.unknown_classes):
+        have = Counter(s.label for s in split.test_out.get(g, []))
+        empty = [c for c in split.unknown_classes[g] if not have[c]]
+        if empty:
+            problems.append(Problem("empty_class", f"{split.name}: no test images for unknown ({g}) class(es) {', '.join(empty)}"))
+    sets = {k: {s.path for s in v} for k, v in lists.items()}
+    if check_duplicates:
+        for k, v in lists.items():
+            if len(sets[k]) != len(v):
+                dups = [str(p) for p, n in Counter(s.path for s in v).items() if n > 1]
+                where = f" in {split.files[k]}" if k in split.files else ""
+                problems.append(Problem("duplicate", f"{split.name}: {len(dups)} paths listed more than once in {k}{where}; "
+                                                     "first: " + "; ".join(dups[:_FIRST])))
+    for a, b in combinations(lists, 2):
+        both = sets[a] & sets[b]
+        if both:
+            problems.append(Problem("overlap", f"{split.name}: {len(both)} paths listed in both {a} and {b}; first: "
+                                               + "; ".join(sorted(map(str, both))[:_FIRST])))
+    if check_images:
+        missing = _missing_images(split)
+        if missing is not None:
+            problems.append(missing)
+    return problems
+
+
+LIST_COLUMNS: tuple[str, ...] = ("train", "val", "test", "out")
+
+
+@dataclass
+class SplitReport:
+    """What :func:`check` found for one split."""
+
+    name: str
+    root: Path
+    #: (class name, group) in table order; group is ``known`` or an unknown group name
+    classes: list[tuple[str, str]]
+    #: class name -> column of :data:`LIST_COLUMNS` -> number of images
+    counts: dict[str, dict[str, int]]
+    problems: list[Problem]
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def n_known(self) -> int:
+        """Number of known classes."""
+        return sum(g == "known" for _, g in self.classes)
+
+    def n_unknown(self, group: str) -> int:
+        """Number of unknown classes in ``group``."""
+        return sum(g == group for _, g in self.classes)
+
+
+@dataclass
+class CheckReport:
+    """Result of :func:`check`: per-split reports, splits whose lists are absent, global problems."""
+
+    path: Path
+    splits: list[SplitReport]
+    absent: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    images_checked: bool = True
+
+    @property
+    def all_problems(self) -> list[Problem]:
+        """Global problems then every split's, in order."""
+        return self.problems + [p for s in self.splits for p in s.problems]
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is wrong (``osma data check`` exits 0)."""
+        return not self.all_problems
+
+
+def _report(split: Split, problems: list[Problem]) -> SplitReport:
+    classes = [(c, "known") for c in split.known_classes]
+    classes += [(c, g) for g in _group_order(split.unknown_classes) for c in split.unknown_classes[g]]
+    counts = {c: dict.fromkeys(LIST_COLUMNS, 0) for c, _ in classes}
+    for key, samples in (("train", split.train), ("val", split.val), ("test", split.test), ("out", split.out_all)):
+        for c, n in Counter(s.label for s in samples).items():
+            counts[c][key] = n
+    order = {k: i for i, k in enumerate(PROBLEM_KINDS)}
+    problems = sorted(problems, key=lambda p: order.get(p.kind, len(order)))
+    return SplitReport(split.name, split.root, classes, counts, problems, dict(split.files))
+
+
+def check(
+    path: str | Path,
+    split: str | None = None,
+    root: str | Path | None = None,
+    *,
+    check_images: bool = True,
+    known: Sequence[str] | None = None,
+    unknown: Mapping[str, Sequence[str]] | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> CheckReport:
+    """Validate a ``data_list.yaml`` or a folder tree and count images per class and list.
+
+    For a yaml, ``split=None`` checks every split whose list files exist; splits with no list
+    file at all are named in ``absent`` and are not an error (the public release ships only
+    split1's lists) unless no split has lists, or ``split`` names one of them. A split with
+    only some of its lists is an error. For a folder, ``known`` defaults to every source
+    not named in ``unknown``; ``split`` must be None.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if split is not None:
+            raise ValueError("--split applies to a data_list.yaml, not to a folder")
+        unknown = {g: list(v) for g, v in (unknown or {}).items()}
+        named = {c for v in unknown.values() for c in v}
+        known = list(known) if known else [s for s in folder_sources(path) if s not in named]
+        rep = CheckReport(path, [], images_checked=check_images)
+        try:
+            sp = load_folder(path, known, unknown, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+        except DataFormatError as err:
+            rep.problems.append(Problem("format", str(err)))
+            return rep
+        rep.splits.append(_report(sp, validate_split(sp, check_images=check_images)))
+        return rep
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    doc, lines = _read_yaml(path)
+    rep = CheckReport(path, [], images_checked=check_images)
+    names = [split] if split is not None else [str(k) for k in doc]
+    for name in names:
+        try:
+            spec = _split_spec(doc, lines, path, name)
+        except DataFormatError as err:
+            rep.problems.append(Problem("format", str(err)))
+            continue
+        root_p = Path(root).absolute() if root is not None else default_root(path, spec["data_path"])
+        files = _list_files(spec, path.absolute().parent, root_p)
+        if all(f is None for f, _ in files.values()):
+            if split is None:
+                rep.absent.append(name)
+            else:  # asked for by name: an error, reported once rather than as empty classes
+                tried = ", ".join(map(str, files["train"][1]))
+                rep.problems.append(Problem("missing_list", f"{path}: no list file of {name} found (train tried: {tried})"))
+            continue
+        problems: list[Problem] = []
+        sp = _build_split(path, name, spec, root_p, files, _Sink(problems), verify=True)
+        problems += validate_split(sp, check_images=check_images, check_duplicates=False)
+        rep.splits.append(_report(sp, problems))
+    if not rep.splits and not rep.problems:
+        rep.problems.append(Problem("missing_list", f"{path}: no split has its list files (absent: {', '.join(rep.absent)})"))
+    return rep
+
+
+# ----------------------------------------------------------------------------------------
+# writer
 
 
 def write_benchmark(
@@ -28,40 +659,42 @@ def write_benchmark(
     paths are written as given (``./dataset/...``) and resolve against ``out_dir``.
     Labels are encoded exactly as in the public files: train/val/test index
     ``known_classes``, ``test_out_<group>`` index that group's list and ``test_out``
-    indexes the concatenation seed + arch + dataset.
+    indexes the concatenation seed + arch + dataset. :func:`load_split` reads it back.
     """
     out = Path(out_dir)
-    data_root = out / data_path
     doc: dict[str, dict[str, object]] = {}
+
+    def _write(rel: str, pairs: Sequence[tuple[str, str]], index: list[str]) -> None:
+        lookup = {c: i for i, c in enumerate(index)}
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8", newline="\n") as fh:
+            for p, c in pairs:
+                if c not in lookup:
+                    raise ValueError(f"{rel}: class {c!r} is not one of {index}")
+                fh.write(f"{p}\t{lookup[c]}\n")
+
     for name, spec in splits.items():
         known = list(spec["known_classes"])  # type: ignore[arg-type]
         unknown: Mapping[str, list[str]] = spec["unknown_classes"]  # type: ignore[assignment]
         concat = [c for g in UNKNOWN_GROUPS for c in unknown.get(g, [])]
         ls = lists[name]
-
-        def _write(path: Path, pairs: Sequence[tuple[str, str]], index: list[str]) -> None:
-            lookup = {c: i for i, c in enumerate(index)}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "w", encoding="utf-8", newline="\n") as fh:
-                for p, c in pairs:
-                    fh.write(f"{p}\t{lookup[c]}\n")
-
+        test_path = f"{data_path}/{name}_test/annotations/{name}_test.txt"
+        out_path = f"{data_path}/{name}_test/annotations/{name}_test_out.txt"
         for part in ("train", "val"):
-            coll = f"{name}_{part}"
-            _write(data_root / coll / "annotations" / f"{coll}.txt", ls[part], known)
-        test_dir = data_root / f"{name}_test" / "annotations"
-        _write(test_dir / f"{name}_test.txt", ls["test"], known)
+            _write(_collection_file(data_path, f"{name}_{part}"), ls[part], known)
+        _write(test_path, ls["test"], known)
         for g in UNKNOWN_GROUPS:
-            _write(test_dir / f"{name}_test_out_{g}.txt", ls[f"out_{g}"], list(unknown.get(g, [])))
-        _write(test_dir / f"{name}_test_out.txt", [pc for g in UNKNOWN_GROUPS for pc in ls[f"out_{g}"]], concat)
+            _write(_group_file(out_path, g), ls.get(f"out_{g}", []), list(unknown.get(g, [])))
+        _write(out_path, [pc for g in UNKNOWN_GROUPS for pc in ls.get(f"out_{g}", [])], concat)
         doc[name] = {
             "data_path": data_path,
             "known_classes": known,
             **{f"unknown_classes{i + 1}": list(unknown.get(g, [])) for i, g in enumerate(UNKNOWN_GROUPS)},
             "train_collection": f"{name}_train",
             "val_collection": f"{name}_val",
-            "test_data_path": f"{data_path}/{name}_test/annotations/{name}_test.txt",
-            "out_data_path": f"{data_path}/{name}_test/annotations/{name}_test_out.txt",
+            "test_data_path": test_path,
+            "out_data_path": out_path,
         }
     out.mkdir(parents=True, exist_ok=True)
     target = out / "data_list.yaml"

@@ -1,8 +1,90 @@
-"""CLI commands: data (placeholder, filled in by its issue)."""
+"""CLI commands: ``osma data check`` validates a benchmark (data_list.yaml or folder tree)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
+data_app = typer.Typer(help="Benchmark data: validate and count.", no_args_is_help=True)
+
+
+def _names(values: list[str] | None) -> list[str]:
+    """Repeated options and comma-separated values alike: ``--known a,b --known c``."""
+    return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
+
+
+@data_app.command("check")
+def check_cmd(
+    path: Path = typer.Argument(..., help="A data_list.yaml (POSE format) or a folder ROOT/<source>/**/<image>."),
+    split: str | None = typer.Option(None, "--split", help="Check only this split (yaml); default: every split whose lists exist."),
+    root: Path | None = typer.Option(None, "--root", help="Data root that ./dataset/... image paths resolve against (yaml)."),
+    no_images: bool = typer.Option(False, "--no-images", help="Skip the image-file existence checks."),
+    known: list[str] | None = typer.Option(None, "--known", help="Folder: known sources (default: all not named unknown)."),
+    unknown_seed: list[str] | None = typer.Option(None, "--unknown-seed", help="Folder: unknown sources, unseen-seed group."),
+    unknown_arch: list[str] | None = typer.Option(None, "--unknown-arch", help="Folder: unknown sources, unseen-architecture group."),
+    unknown_dataset: list[str] | None = typer.Option(None, "--unknown-dataset", help="Folder: unknown sources, unseen-dataset group."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Folder: share of each known source used for val."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Folder: share of each known source used for test."),
+    seed: int = typer.Option(0, "--seed", help="Folder: seed of the train/val/test division."),
+) -> None:
+    """Print per split a table of classes x lists with counts, then every problem found.
+
+    Exit status 0 only when nothing is wrong, 1 when problems were found, 2 on bad usage.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from osma.data import LIST_COLUMNS, DataFormatError, check
+
+    console = Console(highlight=False)
+    unknown = {g: _names(v) for g, v in (("seed", unknown_seed), ("arch", unknown_arch), ("dataset", unknown_dataset))}
+    unknown = {g: v for g, v in unknown.items() if v}
+    if not path.is_dir() and (known or unknown):
+        raise typer.BadParameter("--known / --unknown-* apply to a folder, not to a data_list.yaml")
+    try:
+        report = check(path, split, root, check_images=not no_images, known=_names(known) or None, unknown=unknown,
+                       val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    except (FileNotFoundError, ValueError) as err:
+        console.print(f"[red]error[/red]: {err}", soft_wrap=True)
+        # a malformed data_list.yaml is a data problem (1); a bad path or option is usage (2)
+        raise typer.Exit(1 if isinstance(err, DataFormatError) else 2) from None
+
+    for sr in report.splits:
+        groups = [g for _, g in sr.classes if g != "known"]
+        by_group = " / ".join(f"{sr.n_unknown(g)} {g}" for g in dict.fromkeys(groups))
+        table = Table(title=f"{sr.name}: {sr.n_known} known classes; unknown: {by_group or 'none'}", title_justify="left")
+        table.add_column("class")
+        table.add_column("group")
+        for col in LIST_COLUMNS:
+            table.add_column(col, justify="right")
+        totals = dict.fromkeys(LIST_COLUMNS, 0)
+        for cls, group in sr.classes:
+            row = sr.counts[cls]
+            cells = []
+            for col in LIST_COLUMNS:
+                applies = (col == "out") == (group != "known")
+                totals[col] += row[col]
+                cells.append(str(row[col]) if applies or row[col] else "-")
+            table.add_row(cls, group, *cells)
+        table.add_section()
+        table.add_row("total", "", *(str(totals[c]) for c in LIST_COLUMNS))
+        console.print(table)
+        console.print(f"data root: {sr.root}")
+        for key, f in sr.files.items():
+            console.print(f"  {key}: {f}", soft_wrap=True)
+    if report.absent:
+        console.print(f"lists absent (not checked): {', '.join(report.absent)}")
+    if not report.images_checked:
+        console.print("image files not checked (--no-images)")
+    problems = report.all_problems
+    if problems:
+        console.print(f"\n[red]{len(problems)} problem(s):[/red]")
+        for p in problems:
+            console.print(f"- [{p.kind}] {p.message}", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+    console.print("\n[green]OK[/green]: no problems found")
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the main app."""
+    """Add the ``data`` command group to the main app."""
+    app.add_typer(data_app, name="data")
