@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from osma import evaluation, metrics
+from osma import evaluation, images, metrics
+from osma.images import ImageError
 from osma.methods.base import Attributor, Prediction
 
 Sample = namedtuple("Sample", "path label")
@@ -37,7 +38,7 @@ TABLE = {**TEST, **VAL, **{k: v for g in OUT.values() for k, v in g.items()}}
 def fake_decode(path: str) -> np.ndarray:
     name = Path(path).stem
     if name == "broken":
-        raise OSError(f"{path}: image file is truncated")
+        raise ImageError(path, "image file is truncated")
     pred, score, cluster = TABLE[name]
     img = np.zeros((4, 4, 3), np.uint8)
     img[..., 0], img[..., 1], img[..., 2] = pred, score, cluster
@@ -88,7 +89,7 @@ def _samples(table: dict, label: str | None = None) -> list[Sample]:
 
 @pytest.fixture()
 def fake_split(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
-    monkeypatch.setattr(evaluation, "_decode", fake_decode)
+    monkeypatch.setattr(images, "load_image", lambda path, **kw: fake_decode(path))
     return SimpleNamespace(
         known_classes=["a", "b"],
         unknown_classes={"seed": ["s1"], "arch": ["d1"], "dataset": ["e1"]},
@@ -190,3 +191,19 @@ def test_evaluate_empty_group_and_errors(fake_split: SimpleNamespace) -> None:
     att.tau = 0.55
     rep = evaluation.evaluate(att, fake_split, None, plots=False)
     assert rep["fang"]["tau"] == 0.55 and rep["fang"]["tau_source"] == "model"
+
+
+def test_predict_samples_real_files(tmp_path: Path) -> None:
+    """With the real decoder: a good PNG is scored, truncated and missing files are reported."""
+    from PIL import Image
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((8, 8, 3), (1, 50, 3), np.uint8)).save(good)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:40])
+    missing = tmp_path / "missing.png"
+    samples = [Sample(truncated, "a"), Sample(good, "b"), Sample(missing, "a")]
+    out = evaluation.predict_samples(FakeAttributor(["a", "b"]), samples, batch_size=2)
+    assert out.paths == [str(good)] and out.labels == ["b"]
+    assert out.pred.tolist() == [1] and out.score.tolist() == [0.5]
+    assert sorted(Path(p).name for p, _ in out.failed) == ["missing.png", "truncated.png"]

@@ -22,7 +22,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,11 +65,13 @@ class Outputs:
         )
 
 
-def _decode(path: str) -> np.ndarray:
-    """Decode one image to uint8 HxWx3 with the project's safe decoder."""
-    from osma.images import load_image
+def _decode_batch(paths: list[str], workers: int) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+    """Decode with the project's safe decoder; returns the arrays that decoded and
+    ``(path, reason)`` for the others."""
+    from osma.images import load_images
 
-    return load_image(path)
+    arrays, failed = load_images(paths, threads=workers)
+    return arrays, [(str(p), r) for p, r in failed]
 
 
 def _sample_label(sample) -> str:  # noqa: ANN001 - osma.data.Sample
@@ -89,7 +90,7 @@ def predict_samples(
 
     Files that cannot be decoded (missing, truncated, not an image) are logged, listed in
     ``Outputs.failed`` and skipped. ``progress(done, total)`` is called after each batch.
-    Decoding runs in ``workers`` threads (Pillow releases the GIL while decoding).
+    Decoding (:func:`osma.images.load_images`) runs in ``workers`` threads.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -100,31 +101,25 @@ def predict_samples(
     total = len(samples)
     start = time.perf_counter()
 
-    def _try(sample) -> tuple[object, np.ndarray | None, str | None]:  # noqa: ANN001
-        try:
-            return sample, _decode(str(sample.path)), None
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, not fatal
-            return sample, None, f"{type(exc).__name__}: {exc}"
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for lo in range(0, total, batch_size):
-            batch, arrays = [], []
-            for sample, arr, err in pool.map(_try, samples[lo:lo + batch_size]):
-                if err is not None:
-                    log.warning("skipping unreadable image %s (%s)", sample.path, err)
-                    failed.append((str(sample.path), err))
-                    continue
-                batch.append(sample)
-                arrays.append(arr)
-            if arrays:
-                p = attributor.predict_arrays(arrays)
-                preds.append(np.asarray(p.pred, dtype=np.int64))
-                scores.append(np.asarray(p.score, dtype=np.float64))
-                embs.append(np.asarray(p.embedding, dtype=np.float32))
-                paths += [str(s.path) for s in batch]
-                labels += [_sample_label(s) for s in batch]
-            if progress is not None:
-                progress(min(lo + batch_size, total), total)
+    for lo in range(0, total, batch_size):
+        chunk = list(samples[lo:lo + batch_size])
+        arrays, bad = _decode_batch([str(x.path) for x in chunk], workers)
+        bad_paths = {Path(p) for p, _ in bad}
+        for p, reason in bad:
+            log.warning("skipping unreadable image %s (%s)", p, reason)
+        failed += bad
+        batch = [x for x in chunk if Path(str(x.path)) not in bad_paths]
+        if len(batch) != len(arrays):  # cannot map arrays back to samples: never guess
+            raise RuntimeError(f"decoded {len(arrays)} images for {len(batch)} readable samples")
+        if arrays:
+            p = attributor.predict_arrays(arrays)
+            preds.append(np.asarray(p.pred, dtype=np.int64))
+            scores.append(np.asarray(p.score, dtype=np.float64))
+            embs.append(np.asarray(p.embedding, dtype=np.float32))
+            paths += [str(x.path) for x in batch]
+            labels += [_sample_label(x) for x in batch]
+        if progress is not None:
+            progress(min(lo + batch_size, total), total)
     seconds = time.perf_counter() - start
     if preds:
         return Outputs(paths, labels, np.concatenate(preds), np.concatenate(scores), np.concatenate(embs),
@@ -468,12 +463,7 @@ def _tsne_plot(attributor: Attributor, test: Outputs, unknown: Outputs, seed: in
     augment = getattr(attributor, "augment_embeddings", None)
     if callable(augment):
         sub = kn[: max_points // 4]
-        arrays = []
-        for i in sub:
-            try:
-                arrays.append(_decode(test.paths[i]))
-            except Exception:  # noqa: BLE001 - already reported at prediction time
-                continue
+        arrays, _ = _decode_batch([test.paths[i] for i in sub], 2)
         if arrays:
             aug = np.asarray(augment(arrays), np.float32)
             if aug.size:
