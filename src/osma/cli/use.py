@@ -194,6 +194,9 @@ def attribute(
             fh.close()
     if fmt == "table":
         _print_table(rows, f"osma attribute ({m.method}, tau={_fmt(m.threshold(tau)) or '-inf'})")
+        for d in rows:
+            if d["error"]:
+                typer.echo(f"failed: {d['error']}", err=True)  # unfolded, for copy and paste
     if out is not None or fmt == "table":
         summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
         typer.echo(f"{sum(counts.values())} image(s) attributed" + (f" ({summary})" if summary else "")
