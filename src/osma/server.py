@@ -14,6 +14,7 @@ import warnings
 from typing import Any
 
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi.responses import JSONResponse
 
 from osma import __version__
 from osma.attribution import Model
@@ -45,6 +46,7 @@ def create_app(
     model: Model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> FastAPI:
     """Build the FastAPI application serving ``model``."""
+    import osma.images  # noqa: F401 - import (torch) now, not in the first request
     from osma.attribution import decode
 
     app = FastAPI(
@@ -54,6 +56,16 @@ def create_app(
     )
     lock = threading.Lock()
     max_bytes = int(max_upload_mb * 1024 * 1024)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202
+        # refuse oversized bodies from their header, before the multipart form is parsed
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > max_bytes + 64 * 1024:  # slack for multipart framing
+            return JSONResponse(
+                {"detail": f"request of {int(length)} bytes is over the limit of {max_upload_mb} MB"}, status_code=413
+            )
+        return await call_next(request)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -66,11 +78,8 @@ def create_app(
         return {"method": model.method, "tau": model.tau, "sources": model.source_table()}
 
     @app.post("/v1/attribute")
-    def attribute(request: Request, files: list[UploadFile] = File(...)) -> dict[str, Any]:  # noqa: B008
+    def attribute(files: list[UploadFile] = File(...)) -> dict[str, Any]:  # noqa: B008
         """Attribute one or more uploaded images (multipart field ``files``, repeatable)."""
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_bytes + 64 * 1024 * max(1, len(files)):
-            raise HTTPException(413, f"request of {int(length)} bytes is over the limit of {max_upload_mb} MB")
         if not files:
             raise HTTPException(422, "no files: send images as the multipart field 'files'")
         total = 0
