@@ -1,0 +1,202 @@
+"""``pose``: Progressive Open Space Expansion (Yang et al., CVPR 2023), reimplemented from
+the paper and the official training loop (ICTMCG/POSE, ``train/trainer_progressive.py``).
+
+Every epoch a new augmentation model A_t (3x3 conv to 32 channels, 3x3 conv back to 3, no
+activation) is created, and for every balanced batch of known images x:
+
+1. A_t is trained (the network frozen) with ``L_A = max(MSE(A_t(x), x), mse_lowbound)
+   + w_close * max(1 - mean cos(f(x), f(A_t(x))), 1 - known_sim)
+   + w_div * mean cos(f(A_t(x)), f(A_j(x)))`` where A_j is a random earlier model (the
+   diversity term only from the second epoch and only in the ``full`` variant).
+2. The network is trained with POSE's temperature cross-entropy on x (softmax
+   probabilities / 0.1 as logits), plus the batch-hard triplet loss (margin 0.3) on the
+   embeddings of x and A_t(x), the latter labelled c + C, plus the same triplet loss with
+   a random earlier A_j instead of A_t (from the second epoch).
+
+Hyper-parameters are the official ones (``configs/progressive.py``): Adam, lr 1e-4 for the
+network, 1e-2 for the augmentation models, StepLR(500 iterations, 0.9), w_close 1e-2,
+known_sim 0.95, w_div 1e-4, 8 images per class per batch, DCT input.
+
+Differences from the official code, on purpose: the similarity term is used from the first
+epoch (the paper's objective; the code only adds it once an earlier model exists), and the
+network is trained in train mode every epoch (the code leaves it in eval mode after the
+first epoch's evaluation, which freezes BatchNorm statistics and disables dropout).
+
+Score: the maximum softmax probability of the classifier head, as POSE evaluates (its
+``metric_ood`` / OSCR use ``max(softmax(logits))``); ``score="max_logit"`` is offered.
+Variants: ``base`` (no augmentation models: temperature CE only), ``am`` (augmentation
+models without the diversity loss), ``full``.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from osma.methods.losses import batch_hard_triplet_loss, pose_cross_entropy
+from osma.methods.softmax import SoftmaxAttributor
+
+VARIANTS = ("base", "am", "full")
+
+
+class AugNet(nn.Module):
+    """POSE's augmentation model: two 3x3 convolutions (3 -> hidden -> 3), no activation."""
+
+    def __init__(self, hidden: int = 32, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, hidden, kernel_size, 1, kernel_size // 2)
+        self.conv2 = nn.Conv2d(hidden, 3, kernel_size, 1, kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(x))
+
+
+def _set_grad(module: nn.Module, on: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(on)
+
+
+class PoseAttributor(SoftmaxAttributor):
+    """POSE; scoring and enrollment as :class:`SoftmaxAttributor`."""
+
+    method = "pose"
+    defaults: dict[str, Any] = {
+        **SoftmaxAttributor.defaults,
+        "variant": "full",
+        "temperature": 0.1,
+        "margin": 0.3,
+        "aug_hidden": 32,
+        "aug_lr": 1e-2,
+        "w_close": 1e-2,
+        "known_sim": 0.95,
+        "w_div": 1e-4,
+        "mse_lowbound": 0.0,
+    }
+
+    def build(self) -> None:
+        super().build()
+        if self.config["variant"] not in VARIANTS:
+            raise ValueError(f"unknown POSE variant {self.config['variant']!r}; choose one of {VARIANTS}")
+        self.augnets = nn.ModuleList()
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"backbone": self.backbone, "head": self.head, "augnets": self.augnets}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        params = list(self.backbone.parameters()) + list(self.head.parameters())
+        return {"model": torch.optim.Adam(params, lr=float(self.config["lr"]))}
+
+    def _new_augnet(self) -> AugNet:
+        return AugNet(int(self.config["aug_hidden"])).to(self.device)
+
+    def _grow(self, n: int) -> None:
+        while len(self.augnets) < n:
+            a = self._new_augnet()
+            _set_grad(a, False)
+            self.augnets.append(a.eval())
+
+    def epoch_state(self) -> dict[str, Any]:
+        return {"n_augnets": len(self.augnets)}
+
+    def load_epoch_state(self, state: dict[str, Any]) -> None:
+        self._grow(int(state.get("n_augnets", 0)))
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        idx = {int(k.split(".")[1]) for k in tensors if k.startswith("augnets.")}
+        self._grow(max(idx) + 1 if idx else 0)
+        super().load_tensors(tensors)
+
+    def train_mode(self, on: bool) -> None:
+        self.backbone.train(on)
+        self.head.train(on)
+        self.augnets.eval()  # frozen augmentation models have no train-time behaviour anyway
+
+    def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return pose_cross_entropy(logits, labels, float(self.config["temperature"]))
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(self, epoch: int, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+                    opts: dict[str, torch.optim.Optimizer], scheds: dict[str, Any]) -> Iterator[dict[str, float]]:
+        if self.config["variant"] == "base":
+            yield from super().train_epoch(epoch, batches, opts, scheds)
+            return
+        cfg = self.config
+        n_cls = self.n_train
+        net = [self.backbone, self.head]
+        aug = self._new_augnet()
+        opt_a = torch.optim.Adam(aug.parameters(), lr=float(cfg["aug_lr"]))
+        sched_a = torch.optim.lr_scheduler.StepLR(opt_a, int(cfg["step_size"]), float(cfg["gamma"]))
+        opt, sched = opts["model"], scheds["model"]
+        earlier = list(self.augnets)
+        diversity = cfg["variant"] == "full"
+        for x, y in batches:
+            losses: dict[str, float] = {}
+            # ---- 1. the augmentation model, network frozen
+            for m in net:
+                _set_grad(m, False)
+            _set_grad(aug, True)
+            opt_a.zero_grad(set_to_none=True)
+            x_aug = aug(x)
+            loss_a = torch.clamp(F.mse_loss(x_aug, x), min=float(cfg["mse_lowbound"]))
+            losses["loss_mse"] = loss_a.item()
+            f_aug = self.features(x_aug)
+            f_in = self.features(x)
+            cos = F.cosine_similarity(f_in, f_aug, dim=1, eps=1e-6).mean()
+            close = torch.clamp(1 - cos, min=1 - float(cfg["known_sim"]))
+            losses["loss_close_known"] = close.item()
+            loss_a = loss_a + float(cfg["w_close"]) * close
+            if diversity and earlier:
+                j = int(torch.randint(len(earlier), ()).item())
+                with torch.no_grad():
+                    x_pre = earlier[j](x)
+                div = F.cosine_similarity(f_aug, self.features(x_pre), dim=1, eps=1e-6).mean()
+                losses["loss_div"] = div.item()
+                loss_a = loss_a + float(cfg["w_div"]) * div
+            loss_a.backward()
+            opt_a.step()
+            sched_a.step()
+            # ---- 2. the network on known + augmented data, augmentation model frozen
+            for m in net:
+                _set_grad(m, True)
+            _set_grad(aug, False)
+            opt.zero_grad(set_to_none=True)
+            f_in = self.features(x)
+            loss_cls = self.classification_loss(self.head(f_in), y)
+            with torch.no_grad():
+                x_aug = aug(x)
+            y_aug = y + n_cls
+            loss_tri = batch_hard_triplet_loss(torch.cat([f_in, self.features(x_aug)]), torch.cat([y, y_aug]),
+                                               float(cfg["margin"]))
+            loss = loss_cls + loss_tri
+            losses.update({"loss_cls": loss_cls.item(), "loss_metric": loss_tri.item()})
+            if earlier:
+                j = int(torch.randint(len(earlier), ()).item())
+                with torch.no_grad():
+                    x_pre = earlier[j](x)
+                loss_pre = batch_hard_triplet_loss(torch.cat([f_in, self.features(x_pre)]), torch.cat([y, y_aug]),
+                                                   float(cfg["margin"]))
+                losses["loss_metric_pre"] = loss_pre.item()
+                loss = loss + loss_pre
+            loss.backward()
+            opt.step()
+            self.after_step()
+            sched.step()
+            yield losses
+        _set_grad(aug, False)
+        self.augnets.append(aug.eval())
+
+    # ------------------------------------------------------------------ t-SNE helper
+    @torch.no_grad()
+    def augment_embeddings(self, images: list[np.ndarray]) -> np.ndarray:
+        """Embeddings of ``images`` (centre-cropped) passed through every trained augmentation
+        model, stacked model by model: shape (len(augnets) * N, D); (0, D) without any."""
+        d = int(self.config["embed_dim"])
+        if not len(self.augnets) or not images:
+            return np.zeros((0, d), np.float32)
+        self.train_mode(False)
+        x = self.input_tensor(np.stack([self.prepare(np.asarray(im)) for im in images]))
+        return np.concatenate([self.features(a(x)).float().cpu().numpy() for a in self.augnets])
