@@ -458,17 +458,22 @@ def _missing_images(split: Split) -> Problem | None:
     counts: dict[str, int] = {}
     first: list[str] = []
     total = 0
-    seen: set[Path] = set()
+    seen: set[str] = set()  # str keys: hashing Path objects costs more than the stat calls
+    dir_ok: dict[str, bool] = {}  # one stat per folder: files in an absent folder are all missing
     for name, samples in split.lists().items():
         for s in samples:
-            if s.path in seen:
+            key = str(s.path)
+            if key in seen:
                 continue
-            seen.add(s.path)
-            if not os.path.isfile(s.path):
+            seen.add(key)
+            head = os.path.dirname(key)
+            if head not in dir_ok:
+                dir_ok[head] = os.path.isdir(head)
+            if not (dir_ok[head] and os.path.isfile(key)):
                 counts[name] = counts.get(name, 0) + 1
                 total += 1
                 if len(first) < _FIRST:
-                    first.append(str(s.path))
+                    first.append(key)
     if not total:
         return None
     by_list = ", ".join(f"{k} {v}" for k, v in counts.items())
@@ -485,23 +490,25 @@ def validate_split(split: Split, *, check_images: bool = True, check_duplicates:
     """
     problems: list[Problem] = []
     lists = split.lists()
-    for key in ("train", "val", "test"):
-        if key == "val" and not split.val:
-            continue
+    lacking: dict[str, list[str]] = {}  # class -> lists where it has no image
+    for key in ("train", "val", "test") if split.val else ("train", "test"):
         have = Counter(s.label for s in lists[key])
-        empty = [c for c in split.known_classes if not have[c]]
-        if empty:
-            problems.append(Problem("empty_class", f"{split.name}: no {key} images for known class(es) {', '.join(empty)}"))
+        for c in split.known_classes:
+            if not have[c]:
+                lacking.setdefault(c, []).append(key)
     for g in _group_order(split.unknown_classes):
         have = Counter(s.label for s in split.test_out.get(g, []))
-        empty = [c for c in split.unknown_classes[g] if not have[c]]
-        if empty:
-            problems.append(Problem("empty_class", f"{split.name}: no test images for unknown ({g}) class(es) {', '.join(empty)}"))
-    sets = {k: {s.path for s in v} for k, v in lists.items()}
+        for c in split.unknown_classes[g]:
+            if not have[c]:
+                lacking.setdefault(c, []).append(f"out_{g}")
+    if lacking:
+        problems.append(Problem("empty_class", f"{split.name}: {len(lacking)} class(es) without images: "
+                                               + "; ".join(f"{c} ({', '.join(v)})" for c, v in lacking.items())))
+    sets = {k: {str(s.path) for s in v} for k, v in lists.items()}
     if check_duplicates:
         for k, v in lists.items():
             if len(sets[k]) != len(v):
-                dups = [str(p) for p, n in Counter(s.path for s in v).items() if n > 1]
+                dups = [p for p, n in Counter(str(s.path) for s in v).items() if n > 1]
                 where = f" in {split.files[k]}" if k in split.files else ""
                 problems.append(Problem("duplicate", f"{split.name}: {len(dups)} paths listed more than once in {k}{where}; "
                                                      "first: " + "; ".join(dups[:_FIRST])))
@@ -509,7 +516,7 @@ def validate_split(split: Split, *, check_images: bool = True, check_duplicates:
         both = sets[a] & sets[b]
         if both:
             problems.append(Problem("overlap", f"{split.name}: {len(both)} paths listed in both {a} and {b}; first: "
-                                               + "; ".join(sorted(map(str, both))[:_FIRST])))
+                                               + "; ".join(sorted(both)[:_FIRST])))
     if check_images:
         missing = _missing_images(split)
         if missing is not None:
