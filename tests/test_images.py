@@ -449,3 +449,18 @@ def test_balanced_loader(tmp_path: Path) -> None:
     assert [b[2].tolist() for b in e1] != [b[2].tolist() for b in e0]
     shuffled = make_loader(ds, batch_size=3, train=True, workers=0)
     assert [b[0].shape[0] for b in shuffled] == [3, 3]  # last incomplete batch dropped
+
+
+def test_shuffled_loader_order_depends_on_seed_and_epoch_only(tmp_path: Path) -> None:
+    samples = _write_set(tmp_path, 6)
+    ds = ImageDataset(samples, CropConfig(size=8, train=True), seed=0)
+
+    def order(loader) -> list[int]:  # noqa: ANN001
+        return [i for b in loader for i in b[2].tolist()]
+
+    a = make_loader(ds, batch_size=2, train=True, workers=0, seed=4)
+    epochs = [order(a) for _ in range(4)]
+    assert sorted(epochs[0]) == list(range(6)) and len({tuple(e) for e in epochs}) > 1
+    b = make_loader(ds, batch_size=2, train=True, workers=0, seed=4)
+    b.set_epoch(2)  # a resumed run sees the same batches as the uninterrupted one
+    assert order(b) == epochs[2]

@@ -608,6 +608,7 @@ class SkippingLoader(DataLoader):
     """
 
     _next_epoch: int = 0
+    _seed: int = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch ``epoch``."""
@@ -620,6 +621,9 @@ class SkippingLoader(DataLoader):
             self.dataset.set_epoch(epoch)
         if isinstance(self.batch_sampler, BalancedBatchSampler):
             self.batch_sampler.set_epoch(epoch)
+        if self.generator is not None:
+            # shuffling and worker seeds depend on (seed, epoch) only, so a resumed run repeats them
+            self.generator.manual_seed(int(np.random.SeedSequence([self._seed, epoch]).generate_state(1)[0]))
         for out in super().__iter__():
             if isinstance(self.dataset, ImageDataset):
                 for index, reason in out.failures:
@@ -669,12 +673,15 @@ def make_loader(
             if labels is None:
                 raise ValueError("make_loader: per_class needs labels (or a dataset with .labels)")
         sampler = BalancedBatchSampler(labels, per_class, seed=seed)
-        return SkippingLoader(dataset, batch_sampler=sampler, **common)
-    if batch_size < 1:
-        raise ValueError(f"make_loader: batch_size must be >= 1, got {batch_size}")
-    base = RandomSampler(dataset, generator=gen) if train else SequentialSampler(dataset)
-    drop_last = bool(train) and len(dataset) >= batch_size  # type: ignore[arg-type]
-    return SkippingLoader(dataset, batch_size=batch_size, sampler=base, drop_last=drop_last, **common)
+        loader = SkippingLoader(dataset, batch_sampler=sampler, **common)
+    else:
+        if batch_size < 1:
+            raise ValueError(f"make_loader: batch_size must be >= 1, got {batch_size}")
+        base = RandomSampler(dataset, generator=gen) if train else SequentialSampler(dataset)
+        drop_last = bool(train) and len(dataset) >= batch_size  # type: ignore[arg-type]
+        loader = SkippingLoader(dataset, batch_size=batch_size, sampler=base, drop_last=drop_last, **common)
+    loader._seed = int(seed)
+    return loader
 
 
 __all__ = [
