@@ -149,3 +149,52 @@ def test_calibrate(setup: dict) -> None:
     r = invoke("calibrate", setup["bundle"], "--data", data, "--split", "nosuch")
     assert r.exit_code == 2 and "nosuch" in r.output
     assert len(unk["yellow"]) == 10
+
+
+# --- end to end on real trained bundles (one short epoch on the toy benchmark) -----------------
+@pytest.fixture(scope="module", params=["metric", "softmax"])
+def trained_run(request: pytest.FixtureRequest, toy_benchmark: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from osma.methods import train
+
+    out = tmp_path_factory.mktemp(f"run_{request.param}")
+    train(toy_benchmark, "split1", request.param, out, epochs=1, crop=32, device="cpu", seed=0, progress=False)
+    return out
+
+
+def test_end_to_end_real_model(trained_run: Path, toy_benchmark: Path, tmp_path: Path) -> None:
+    import osma
+
+    images = toy_benchmark.parent / "dataset" / "images"
+    # uncalibrated: works, warns, rejects nothing
+    r = invoke("attribute", trained_run, images / "gan_a", "--format", "jsonl")
+    assert r.exit_code == 0, r.output
+    assert "not calibrated" in r.output
+    rows = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    assert len(rows) == 24 + 8 + 12 and all(row["source"] != "unknown" for row in rows)
+    # calibrate on the known validation images + the unseen-architecture test images as unknowns
+    r = invoke("calibrate", trained_run, "--data", toy_benchmark, "--split", "split1", "--target-tpr", "0.9")
+    assert r.exit_code == 0, r.output
+    tau = json.loads((trained_run / "model.json").read_text())["tau"]
+    assert isinstance(tau, float)
+    model = osma.load(trained_run, device="cpu")
+    assert model.tau == tau and model.sources == ["real", "gan_a", "gan_b", "gan_c"]
+    # the Python API and the command agree
+    test_imgs = sorted((images / "gan_d").glob("*.png"))
+    api = model.attribute(test_imgs, batch_size=5)
+    out = tmp_path / "res.jsonl"
+    r = invoke("attribute", trained_run, images / "gan_d", "--out", out, "--batch-size", "5")
+    assert r.exit_code == 0, r.output
+    cli = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [c["source"] for c in cli] == [a.source for a in api]
+    assert [c["score"] for c in cli] == pytest.approx([a.score for a in api], rel=1e-4, abs=1e-5)
+    # enroll the unknown generator gan_d from its 12 images into a new bundle
+    new = tmp_path / "enrolled"
+    r = invoke("enroll", trained_run, "--name", "gan_d", images / "gan_d", "--out", new, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    m2 = osma.load(new, device="cpu")
+    assert m2.sources[-1] == "gan_d" and m2.enrolled == {"gan_d": 12}
+    assert json.loads(invoke("sources", new, "--json").stdout)["sources"][-1] == {"name": "gan_d", "kind": "enrolled", "images": 12}
+    after = m2.attribute(test_imgs)
+    assert set(after[0].scores) == set(m2.sources)
+    assert m2.attribute(test_imgs)[0].score == pytest.approx(after[0].score)  # deterministic
+    assert osma.load(trained_run).sources == model.sources  # the original is untouched
