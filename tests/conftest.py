@@ -66,3 +66,18 @@ def make_toy_benchmark(root: Path, n_train: int = 24, n_val: int = 8, n_test: in
 def toy_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path to the data_list.yaml of a small synthetic benchmark (built once per session)."""
     return make_toy_benchmark(tmp_path_factory.mktemp("toy"))
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo() -> Path:
+    """data_list.yaml of the built-in ``tiny`` zoo, built once into runs/test-zoo-tiny.
+
+    The build is resumable and cached, so repeated local test runs reuse it; a fresh
+    clone (CI) builds it once per session.
+    """
+    from osma.zoo import build
+
+    return Path(build("tiny", REPO / "runs" / "test-zoo-tiny", seed=0, device="cpu", progress=False))
