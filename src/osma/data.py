@@ -310,7 +310,7 @@ def _build_split(
     used: dict[str, Path] = {}
 
     def read(key: str, classes: Sequence[str]) -> list[tuple[str, str]] | None:
-        path, tried = files[key]
+        path = files[key][0]
         if path is None:
             return None
         used[key] = path
