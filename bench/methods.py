@@ -138,16 +138,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra training option passed to every method (YAML value), e.g. --option crop=64")
     args = ap.parse_args(argv)
 
+    from osma.data import split_names
+
     if not args.data.is_file():
         ap.error(f"{args.data}: no such file")
-    with open(args.data, encoding="utf-8") as fh:
-        doc = yaml.safe_load(fh)
-    if not isinstance(doc, dict) or not doc:
-        ap.error(f"{args.data}: not a data_list.yaml (expected a mapping of splits)")
-    splits = args.splits.split(",") if args.splits else list(doc)
-    missing = [s for s in splits if s not in doc]
+    available = split_names(args.data)
+    splits = args.splits.split(",") if args.splits else available
+    missing = [s for s in splits if s not in available]
     if missing:
-        ap.error(f"splits {missing} not in {args.data} (has {list(doc)})")
+        ap.error(f"splits {missing} not in {args.data} (has {available})")
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
     if unknown:

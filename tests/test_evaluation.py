@@ -207,3 +207,81 @@ def test_predict_samples_real_files(tmp_path: Path) -> None:
     assert out.paths == [str(good)] and out.labels == ["b"]
     assert out.pred.tolist() == [1] and out.score.tolist() == [0.5]
     assert sorted(Path(p).name for p, _ in out.failed) == ["missing.png", "truncated.png"]
+
+
+def _bench_module():  # noqa: ANN202
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "methods.py"
+    spec = importlib.util.spec_from_file_location("bench_methods", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_summary_and_markdown() -> None:
+    bench = _bench_module()
+    reps = [{"closed_set": {"accuracy": 0.5}, "fang": {"af1": None}, "bench": {"seconds_per_epoch": 2.0}},
+            {"closed_set": {"accuracy": 0.7}, "fang": {"af1": 0.4}, "bench": {"seconds_per_epoch": 4.0}}]
+    table = bench.summarize({"softmax": reps})
+    acc = table["softmax"]["Acc"]
+    assert acc["mean"] == pytest.approx(0.6) and acc["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert table["softmax"]["aF1"] == {"mean": 0.4, "std": 0.0, "n": 1}
+    assert table["softmax"]["AUROC seed"]["mean"] is None
+    md = bench.to_markdown(table, ["split1", "split2"])
+    assert "| softmax | 60.0 ± 14.1 |" in md and "| 3 ± 1.41 |" in md
+
+
+@pytest.mark.slow
+def test_bench_and_cli_end_to_end(toy_benchmark: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """bench/methods.py trains softmax 1 epoch and evaluates; `osma evaluate` on that run agrees; a re-run skips."""
+    from typer.testing import CliRunner
+
+    from osma.cli import app
+
+    bench = _bench_module()
+    out = tmp_path / "bench"
+    args = [str(toy_benchmark), "--methods", "softmax", "--epochs", "1", "--out", str(out), "--device", "cpu"]
+    assert bench.main(args) == 0
+    run = out / "runs" / "split1" / "softmax"
+    assert (run / "model.safetensors").is_file() and (run / "model.json").is_file()
+    table = json.loads((out / "table.json").read_text())
+    assert table["splits"] == ["split1"] and table["methods"]["softmax"]["s/epoch"]["mean"] > 0
+    assert "| softmax |" in (out / "table.md").read_text()
+    bench_rep = json.loads((out / "reports" / "split1" / "softmax" / "report.json").read_text())
+
+    rep_dir = tmp_path / "report"
+    res = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(toy_benchmark), "--split", "split1",
+                                   "--out", str(rep_dir), "--device", "cpu", "--batch-size", "16"])
+    assert res.exit_code == 0, res.output
+    assert "closed set: accuracy" in res.output and "unknown arch" in res.output
+    rep = json.loads((rep_dir / "report.json").read_text())
+    for g in evaluation.GROUPS:
+        assert set(rep["open_set"][g]) >= {"auroc", "oscr", "tnr_at_95tpr"}
+        assert rep["open_set"][g]["n"] == (36 if g == "all" else 12)
+        assert rep["open_set"][g]["auroc"] == pytest.approx(bench_rep["open_set"][g]["auroc"])
+    assert rep["closed_set"] == pytest.approx(bench_rep["closed_set"])
+    assert set(rep["fang"]) >= {"tau", "af1", "crr", "af1_crr_auc"} and set(rep["clustering"]) >= {"nmi", "purity", "ari"}
+    assert rep["counts"] == {"val": 32, "test": 48, "unknown_seed": 12, "unknown_arch": 12, "unknown_dataset": 12,
+                             "failed": 0}
+    for png in ("scores.png", "roc.png", "af1_crr.png", "confusion.png", "tsne.png"):
+        assert (rep_dir / png).is_file()
+
+    # a re-run finds the finished report and does no work
+    capsys.readouterr()
+    assert bench.main(args) == 0
+    assert "done, skipping" in capsys.readouterr().out
+
+
+def test_cli_evaluate_missing_run(toy_benchmark: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from osma.cli import app
+
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "nope"), "--data", str(toy_benchmark),
+                                   "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "Invalid value for RUN" in res.output
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "empty"), "--data", str(toy_benchmark),
+                                   "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "not a model bundle" in res.output

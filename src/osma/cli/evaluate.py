@@ -7,7 +7,7 @@ import typer
 
 
 def evaluate(
-    run: Path = typer.Argument(..., help="Trained model bundle / run directory (model.safetensors + model.json)."),
+    run: Path = typer.Argument(..., metavar="RUN", help="Trained model bundle / run directory (model.safetensors + model.json)."),
     data: Path = typer.Option(..., "--data", help="Benchmark data_list.yaml."),
     split: str = typer.Option("split1", "--split", help="Split to evaluate on."),
     out: Path = typer.Option(..., "--out", help="Report directory (report.json, report.md, plots)."),
@@ -25,10 +25,14 @@ def evaluate(
 
     if not run.exists():
         raise typer.BadParameter(f"run directory {run} does not exist", param_hint="RUN")
-    attributor = load_attributor(run, device)
-    sp = load_split(data, split, root=root)
-    report = run_evaluation(attributor, sp, out, batch_size=batch_size, tpr=tpr, plots=plots, seed=seed,
-                            progress=True)
+    try:
+        attributor = load_attributor(run, device)
+        sp = load_split(data, split, root=root)
+        report = run_evaluation(attributor, sp, out, batch_size=batch_size, tpr=tpr, plots=plots, seed=seed,
+                                progress=True)
+    except (FileNotFoundError, ValueError) as exc:  # bad bundle, data list, split or class mismatch
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.1f}"
