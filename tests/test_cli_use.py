@@ -198,3 +198,13 @@ def test_end_to_end_real_model(trained_run: Path, toy_benchmark: Path, tmp_path:
     assert set(after[0].scores) == set(m2.sources)
     assert m2.attribute(test_imgs)[0].score == pytest.approx(after[0].score)  # deterministic
     assert osma.load(trained_run).sources == model.sources  # the original is untouched
+
+
+def test_resume_matches_relative_and_absolute_paths(setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = setup["tmp"] / "r.jsonl"
+    r = invoke("attribute", setup["bundle"], setup["dir"] / "green", "--out", out)
+    assert r.exit_code == 0, r.output
+    monkeypatch.chdir(setup["tmp"])
+    r = invoke("attribute", setup["bundle"], "imgs/green", "imgs/yellow", "--out", out)
+    assert "5 image(s) already" in r.output
+    assert len(out.read_text().splitlines()) == 10

@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -153,7 +154,8 @@ def attribute(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         skipped = len(items)
-        items = [p for p in items if p not in done]
+        done_abs = {os.path.abspath(p) for p in done}  # same file, whether named relatively or not
+        items = [p for p in items if os.path.abspath(p) not in done_abs]
         skipped -= len(items)
         if skipped:
             typer.echo(f"resuming: {skipped} image(s) already in {out}, {len(items)} to go", err=True)
