@@ -70,6 +70,9 @@ def test_attribute_matches_python_api(server: tuple[str, Model]) -> None:
         w["path"] = name
         assert g == w  # JSON round-trips floats exactly
     assert [g["source"] for g in got] == ["red", "unknown", "blue"]
+    r = httpx.post(f"{url}/v1/attribute", params={"tau": -1e9}, files=files[1:2], timeout=TIMEOUT)
+    assert r.json()["results"][0]["threshold"] == -1e9
+    assert r.json()["results"][0]["source"] == r.json()["results"][0]["nearest"]
 
 
 def test_bad_uploads(server: tuple[str, Model]) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import io
 import threading
 import warnings
-from typing import Any
+from typing import Any, Optional
 
-from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 
 from osma import __version__
@@ -78,7 +78,10 @@ def create_app(
         return {"method": model.method, "tau": model.tau, "sources": model.source_table()}
 
     @app.post("/v1/attribute")
-    def attribute(files: list[UploadFile] = File(...)) -> dict[str, Any]:  # noqa: B008
+    def attribute(
+        files: list[UploadFile] = File(...),  # noqa: B008
+        tau: Optional[float] = Query(None, description="Threshold; default: the model's calibrated tau."),  # noqa: B008
+    ) -> dict[str, Any]:
         """Attribute one or more uploaded images (multipart field ``files``, repeatable)."""
         if not files:
             raise HTTPException(422, "no files: send images as the multipart field 'files'")
@@ -100,7 +103,9 @@ def create_app(
                 raise HTTPException(422, f"{name}: corrupt image ({exc})") from None
             names.append(name)
         with lock:
-            results = model.attribute(arrays)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # uncalibrated: accept all (documented)
+                results = model.attribute(arrays, tau=tau)
         out = []
         for name, r in zip(names, results):
             r.path = name
