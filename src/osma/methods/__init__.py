@@ -98,6 +98,9 @@ def train(
         prev.pop("training", None)
         prev.pop("n_train_classes", None)
         config = {**prev, **({"epochs": epochs} if epochs is not None else {})}
+    from osma.runtime import seed_everything
+
+    seed_everything(int(config.get("seed") or 0))  # weight initialisation depends on it
     att = create_method(method, classes, device=device, **config)
     att.fit(sp, out, epochs=epochs, resume=resume, progress=progress)
     return att

@@ -45,6 +45,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "embed_batch_size": 128,
     "workers": None,
     "cache_limit": 100_000,
+    "precise_bn": True,
 }
 
 
@@ -332,9 +333,34 @@ class NetworkAttributor(Attributor):
             self._save_checkpoint(ckdir / f"epoch_{epoch + 1:04d}", epoch + 1, opts, scheds)
         seed_everything(seed * 100_003 + n_epochs + 7)
         cfg["training"] = {"epochs_done": n_epochs, "resumed_from": start if resume else None}
-        emb, labels = self.embed_loader(self.loader(train, train=False))
+        eval_loader = self.loader(train, train=False)
+        if cfg["precise_bn"]:
+            self.recompute_bn(eval_loader)
+        emb, labels = self.embed_loader(eval_loader)
         self.finalize(emb, labels)
         self.save(out)
+
+    @torch.no_grad()
+    def recompute_bn(self, loader: Iterable[Any]) -> None:  # noqa: ANN401
+        """"Precise BN": replace BatchNorm running statistics by their exact average over
+        ``loader`` (centre crops of the training images), computed with the final weights.
+
+        The running averages of a short run lag behind the weights; inference then differs
+        from training. Only the backbone's BN buffers change (``precise_bn=False`` skips it).
+        """
+        bns = [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            return
+        saved = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average = exact mean over batches
+        self.backbone.train(True)
+        for batch in loader:
+            self.features(self.input_tensor(batch[0]))
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        self.train_mode(False)
 
     def _save_checkpoint(self, stem: Path, epoch: int, opts: dict, scheds: dict) -> None:
         state = {

@@ -1,0 +1,180 @@
+"""Each method end to end on the toy benchmark (tiny networks), bundles, resume, enrollment."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from osma import methods
+from osma.data import load_split
+from osma.images import load_image
+
+#: tiny networks and short runs so the file stays fast on a loaded 2-core machine
+TINY = {"crop": 24, "per_class": 4, "width": 0.125, "embed_dim": 16, "workers": 0, "progress": False, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def toy(toy_benchmark: Path):  # noqa: ANN201
+    sp = load_split(toy_benchmark, "split1")
+    test = [load_image(s.path) for s in sp.test]
+    y = np.array([sp.known_classes.index(s.label) for s in sp.test])
+    return toy_benchmark, sp, test, y
+
+
+@pytest.fixture(scope="module")
+def trained(toy, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
+    """One trained run per method (shared by the tests below)."""
+    data, _, _, _ = toy
+    runs = {}
+    # metric (MISLNet) is cheap per epoch but needs more of them
+    for name, epochs, opts in [("softmax", 4, {"lr": 3e-3}), ("pose", 3, {"lr": 3e-3}), ("metric", 12, {})]:
+        out = tmp_path_factory.mktemp(name)
+        att = methods.train(data, "split1", name, out, epochs=epochs, seed=0, **TINY, **opts)
+        runs[name] = (att, out)
+    return runs
+
+
+@pytest.mark.parametrize("name", ["softmax", "pose", "metric"])
+def test_end_to_end_bundle_reload_identical(toy, trained, name: str) -> None:  # noqa: ANN001
+    _, sp, test, y = toy
+    att, out = trained[name]
+    assert (out / "model.safetensors").is_file() and (out / "model.json").is_file()
+    n = att.config["epochs"]
+    assert len(list((out / "checkpoints").glob("epoch_*.safetensors"))) == n
+    log = [json.loads(ln) for ln in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == list(range(1, n + 1))
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["method"] == name and doc["classes"] == sp.known_classes
+    assert {"backbone", "input", "crop", "config", "versions", "tau", "enrolled"} <= set(doc)
+    assert doc["config"]["train_counts"] == {c: 24 for c in sp.known_classes}
+
+    p = att.predict_arrays(test)
+    assert p.pred.shape == (len(test),) and p.score.shape == (len(test),)
+    assert p.class_scores.shape == (len(test), 4) and p.embedding.shape == (len(test), 16)
+    np.testing.assert_array_equal(p.pred, p.class_scores.argmax(1) if name != "metric" else p.pred)
+    # the signal is learnable: well above chance (0.25) after a few short epochs
+    assert (p.pred == y).mean() > 0.5, (name, (p.pred == y).mean())
+
+    back = methods.load_attributor(out, device="cpu")
+    assert type(back) is type(att) and back.classes == att.classes
+    q = back.predict_arrays(test)
+    np.testing.assert_array_equal(q.embedding, p.embedding)
+    np.testing.assert_array_equal(q.score, p.score)
+    np.testing.assert_array_equal(q.pred, p.pred)
+    # batched embedding gives the same as one batch
+    np.testing.assert_allclose(back.embed_arrays(test, batch_size=5), p.embedding, atol=1e-5)
+    emb, labels = back.embed_loader(back.loader(sp.test, train=False, batch_size=7))
+    np.testing.assert_allclose(emb, p.embedding, atol=1e-5)
+    np.testing.assert_array_equal(labels, y)
+
+
+def test_metric_centroids_match_training_embeddings(toy, trained) -> None:  # noqa: ANN001
+    _, sp, _, _ = toy
+    att, _ = trained["metric"]
+    imgs = [load_image(s.path) for s in sp.train]
+    e = att.embed_arrays(imgs)
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    lab = np.array([att.classes.index(s.label) for s in sp.train])
+    for c in range(4):
+        ec = e[lab == c]
+        r = ec.mean(0)
+        np.testing.assert_allclose(att.centroids[c].numpy(), r, atol=1e-5)
+        sig = np.sqrt(((ec - r) ** 2).sum() / (len(ec) - 1))
+        assert float(att.sigmas[c]) == pytest.approx(sig, rel=1e-4)
+    # score = -d / sigma of the nearest centroid
+    p = att.predict_embeddings(att.embed_arrays(imgs[:5]))
+    d = np.linalg.norm(e[:5, None, :] - att.centroids.numpy()[None], axis=2)
+    np.testing.assert_array_equal(p.pred, d.argmin(1))
+    np.testing.assert_allclose(p.score, -d.min(1) / att.sigmas.numpy()[d.argmin(1)], rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["softmax", "pose", "metric"])
+def test_enrollment_new_source_is_recognised(toy, trained, name: str, tmp_path: Path) -> None:  # noqa: ANN001
+    _, sp, test, y = toy
+    att, out = trained[name]
+    att = methods.load_attributor(out, device="cpu")  # a private copy
+    before = att.predict_arrays(test)
+    new = [load_image(s.path) for s in sp.test_out["arch"]]  # gan_d, 12 images
+    with pytest.raises(ValueError, match="at least 2"):
+        att.enroll("gan_d", att.embed_arrays(new[:1]))
+    att.enroll("gan_d", att.embed_arrays(new[:8]))
+    assert att.classes[-1] == "gan_d" and att.enrolled == {"gan_d": 8}
+    with pytest.raises(ValueError, match="already known"):
+        att.enroll("gan_d", att.embed_arrays(new[:8]))
+    p_new = att.predict_arrays(new[8:])
+    assert (p_new.pred == 4).mean() >= 0.75, (name, p_new.pred)
+    after = att.predict_arrays(test)
+    assert after.class_scores.shape == (len(test), 5)
+    # known sources keep (nearly all of) their predictions
+    assert (after.pred == before.pred).mean() >= 0.8
+    att.save(tmp_path)
+    back = methods.load_attributor(tmp_path, device="cpu")
+    assert back.classes == att.classes and back.enrolled == {"gan_d": 8}
+    np.testing.assert_array_equal(back.predict_arrays(new[8:]).pred, p_new.pred)
+
+
+#: even smaller runs for the resume and variant tests (few, larger batches: less overhead)
+SMALL = {**TINY, "crop": 16, "per_class": 8, "width": 0.0625, "embed_dim": 8}
+
+
+def _check_resume(data: Path, name: str, straight: Path, split_dir: Path, opts: dict) -> None:
+    """Train 1 epoch, resume to 2, compare with the 2-epoch run in ``straight``."""
+    methods.train(data, "split1", name, split_dir, epochs=1, **opts)
+    methods.train(data, "split1", name, split_dir, epochs=2, resume=True, **opts)
+    a = load_file(str(straight / "model.safetensors"))
+    b = load_file(str(split_dir / "model.safetensors"))
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log = (split_dir / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in log] == list(range(1, len(log) + 1))
+
+
+@pytest.mark.parametrize("name", ["softmax", "metric"])
+def test_resume_is_exact(toy, tmp_path: Path, name: str) -> None:  # noqa: ANN001
+    data = toy[0]
+    opts = dict(SMALL)
+    if name == "metric":
+        opts["pretrain_epochs"] = 1  # also covers resuming across the pretraining stage
+    methods.train(data, "split1", name, tmp_path / "straight", epochs=2, **opts)
+    _check_resume(data, name, tmp_path / "straight", tmp_path / "split", opts)
+
+
+def test_pose_variants_resume_and_augmentation_embeddings(toy, trained, tmp_path: Path) -> None:  # noqa: ANN001
+    data, _, test, _ = toy
+    seen = {}
+    for variant in ("base", "am", "full"):
+        att = methods.train(data, "split1", "pose", tmp_path / variant, epochs=2, variant=variant, **SMALL)
+        log = [json.loads(x) for x in (tmp_path / variant / "train_log.jsonl").read_text().splitlines()]
+        seen[variant] = set(log[1])
+        assert len(att.augnets) == (0 if variant == "base" else 2)
+    assert "loss_metric" not in seen["base"] and "loss_cls" in seen["base"]
+    assert {"loss_mse", "loss_close_known", "loss_metric", "loss_metric_pre"} <= seen["am"]
+    assert "loss_div" not in seen["am"] and "loss_div" in seen["full"]
+    # resuming POSE (augmentation models are part of the checkpoint) is exact too
+    _check_resume(data, "pose", tmp_path / "full", tmp_path / "split", {**SMALL, "variant": "full"})
+    pose, _ = trained["pose"]
+    aug = pose.augment_embeddings(test[:3])
+    assert aug.shape == (len(pose.augnets) * 3, 16) and len(pose.augnets) == 3
+
+
+def test_bad_options_and_bundles(toy, tmp_path: Path) -> None:  # noqa: ANN001
+    _, sp, _, _ = toy
+    with pytest.raises(ValueError, match="unknown method"):
+        methods.create_method("nope", sp.known_classes)
+    with pytest.raises(ValueError, match="unknown option"):
+        methods.create_method("pose", sp.known_classes, colour="red")
+    with pytest.raises(ValueError, match="variant"):
+        methods.create_method("pose", sp.known_classes, variant="half")
+    with pytest.raises(ValueError, match="backbone"):
+        methods.create_method("metric", sp.known_classes, backbone="vgg")
+    with pytest.raises(FileNotFoundError, match="bundle"):
+        methods.load_attributor(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "model.json").write_text('{"method": "pose",\n "classes": [}')
+    with pytest.raises(ValueError, match="line 2"):
+        methods.load_attributor(tmp_path)
