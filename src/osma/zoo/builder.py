@@ -1,0 +1,393 @@
+"""Build a zoo benchmark: train / load the generators, sample every class, write the lists.
+
+Layout of ``DIR`` (the public benchmark format, see :func:`osma.data.write_benchmark`)::
+
+    DIR/data_list.yaml                               five splits
+    DIR/dataset/splitK_{train,val,test}/annotations/  path<TAB>label lists
+    DIR/dataset/images/<class>/<part>_<i>.png         32x32 PNG, part in train/val/test
+    DIR/generators/<name>/{model.safetensors, manifest.json, sheet.png}
+    DIR/zoo.json                                      preset, seed, timings
+    DIR/.zoo/<class>.json                             "class image set finished" stamps
+
+Resumable: ``manifest.json`` is written last, after the weights and the sheet, and a
+class's stamp after its last image; a rebuild skips every generator and class whose
+record matches the configuration it would produce, and redoes the rest.
+
+Deterministic: CPU work runs single-threaded with ``torch.use_deterministic_algorithms``;
+every random stream (training, sampling, patch crops) is seeded from the build seed and
+the generator / class name, so the same preset and seed give byte-identical PNGs on the
+same kind of machine (a GPU build gives different, equally deterministic, bits).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from osma.zoo.presets import GeneratorSpec, ZooSpec, get
+
+DATA_PATH = "./dataset"
+_PARTS = ("train", "val", "test")
+
+
+def _h(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _stream(seed: int, *keys: object) -> int:
+    """A 63-bit seed derived from the build seed and names (stable across runs and machines)."""
+    return (seed * 1_000_003 + zlib.crc32(":".join(map(str, keys)).encode())) % (2**63 - 1)
+
+
+def _write_json(path: Path, obj: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _save_png(arr: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(arr).save(path, format="PNG", optimize=False, compress_level=6)
+
+
+# ------------------------------------------------------------------------ real patches
+
+_PHOTOS: dict[str, list[np.ndarray]] = {}
+
+
+def _photos(name: str, real_dir: str | None) -> list[np.ndarray]:
+    from osma.zoo.sources import real_dataset
+
+    key = f"{name}|{real_dir}" if name == "dir" else name
+    if key not in _PHOTOS:
+        _PHOTOS[key] = real_dataset(name, real_dir).load()
+    return _PHOTOS[key]
+
+
+_PATCHES: dict[tuple, np.ndarray] = {}
+
+
+def _train_patches(spec: ZooSpec, data: str, seed: int) -> np.ndarray:
+    """The training patches of dataset ``data`` (the same for every generator trained on it)."""
+    from osma.zoo.sources import sample_patches
+
+    key = (data, seed, spec.train_patches, spec.size)
+    if key not in _PATCHES:
+        rng = np.random.default_rng(_stream(seed, "train-patches", data))
+        _PATCHES.clear()  # keep one dataset in memory at a time
+        _PATCHES[key] = sample_patches(_photos(data, None), spec.train_patches, spec.size, rng, "train")
+    return _PATCHES[key]
+
+
+# ------------------------------------------------------------------------ generators
+
+
+def _gen_config(spec: ZooSpec, g: GeneratorSpec, seed: int) -> dict:
+    cfg = {**asdict(g), "build_seed": seed, "size": spec.size}
+    if g.arch != "face":
+        cfg |= {"batch": spec.batch, "lr": spec.lr, "train_patches": spec.train_patches, "torch_seed": _stream(seed, "train", g.seed)}
+    if g.arch == "ddpm":
+        cfg["ddpm_steps"] = spec.ddpm_steps
+    return cfg
+
+
+def _load_model(g: GeneratorSpec, gdir: Path, spec: ZooSpec, device):  # noqa: ANN001, ANN202
+    from safetensors.torch import load_file
+
+    from osma.zoo import generators as G
+
+    if g.arch == "face":
+        return G.load_face_generator(device)
+    model = G.make_model(g.arch, g.width)
+    if g.arch == "ddpm":
+        model.sample_steps = spec.ddpm_steps
+    model.load_state_dict(load_file(str(gdir / "model.safetensors")))
+    return model.to(device).eval()
+
+
+def _train_generator(spec: ZooSpec, g: GeneratorSpec, out: Path, seed: int, device: str, progress: bool) -> str:
+    """Train (or load) one generator into ``out/generators/<name>`` unless already there."""
+    import torch
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from osma import __version__
+    from osma.runtime import resolve_device
+    from osma.zoo import generators as G
+
+    gdir = out / "generators" / g.name
+    cfg = _gen_config(spec, g, seed)
+    old = _read_json(gdir / "manifest.json")
+    if old is not None and old.get("config_hash") == _h(cfg) and (gdir / "model.safetensors").is_file():
+        return "cached"
+    gdir.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    t0 = time.time()
+    if g.arch == "face":
+        model = G.load_face_generator(dev)
+        log = {
+            "iterations": None,
+            "losses": None,
+            "trained_by": "gan-face-generate 1.1.1 (DCGAN on DigiFace1M, 64x64); loaded, not trained here",
+            "parameters": G.n_params(model),
+            "train_seconds": 0.0,
+        }
+        desc = "pretrained DCGAN (transposed conv, 64x64, random 32x32 crops of its output)"
+        data_desc = "DigiFace1M synthetic faces (trained elsewhere)"
+    else:
+        patches = _train_patches(spec, g.data, seed)
+        bar = tqdm(total=g.iters, desc=g.name, unit="it", leave=False, disable=not progress)
+
+        def tick(it: int, loss: float) -> None:
+            bar.update(1)
+            if it % 20 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}")
+
+        model, log = G.train(
+            g.arch, patches, seed=cfg["torch_seed"], iters=g.iters, width=g.width, batch=spec.batch, lr=spec.lr, device=dev, progress=tick
+        )
+        bar.close()
+        if g.arch == "ddpm":
+            model.sample_steps = spec.ddpm_steps
+        from osma.zoo.sources import real_dataset
+
+        desc = G.ARCHS[g.arch][2]
+        data_desc = real_dataset(g.data).description
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(gdir / "model.safetensors"))
+    # 64 samples from the saved weights, with a fixed stream, for people to look at
+    sheet_model = _load_model(g, gdir, spec, dev)
+    gen = torch.Generator().manual_seed(_stream(seed, "sheet", g.name))
+    _save_png(G.contact_sheet(G.sample(g.arch, sheet_model, 64, gen, dev)), gdir / "sheet.png")
+    manifest = {
+        "name": g.name,
+        "architecture": g.arch,
+        "architecture_description": desc,
+        "data": g.data,
+        "data_description": data_desc,
+        "seed": g.seed,
+        "torch_seed": cfg.get("torch_seed"),
+        "width": g.width,
+        **log,
+        "seconds": round(time.time() - t0, 2),
+        "device": str(dev),
+        "image_size": spec.size,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "osma_version": __version__,
+        "config": cfg,
+        "config_hash": _h(cfg),
+    }
+    _write_json(gdir / "manifest.json", manifest)
+    return "trained"
+
+
+def _worker_train(args: tuple) -> tuple[str, str]:
+    """Process-pool entry point (single-threaded torch, deterministic)."""
+    spec, g, out, seed, device = args
+    with _deterministic():
+        return g.name, _train_generator(spec, g, Path(out), seed, device, progress=False)
+
+
+# ------------------------------------------------------------------------ class image sets
+
+
+def _class_config(spec: ZooSpec, cls: str, seed: int, gen_hash: str | None, real_dir: str | None) -> dict:
+    return {
+        "class": cls,
+        "counts": [spec.n_train, spec.n_val, spec.n_test],
+        "size": spec.size,
+        "build_seed": seed,
+        "generator": gen_hash,
+        "datasets": list(spec.datasets) if cls == "real" else None,
+        "real_dir": real_dir if cls == "real" else None,
+    }
+
+
+def _write_class(out: Path, cls: str, parts: dict[str, np.ndarray], cfg: dict) -> None:
+    cdir = out / "dataset" / "images" / cls
+    if cdir.exists():
+        shutil.rmtree(cdir)  # stale or partial set: start the class over
+    cdir.mkdir(parents=True)
+    for part, arr in parts.items():
+        for i, img in enumerate(arr):
+            _save_png(img, cdir / f"{part}_{i:04d}.png")
+    _write_json(out / ".zoo" / f"{cls}.json", {**cfg, "config_hash": _h(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def _class_done(out: Path, cfg: dict) -> bool:
+    old = _read_json(out / ".zoo" / f"{cfg['class']}.json")
+    return old is not None and old.get("config_hash") == _h(cfg)
+
+
+def _sample_generator_class(spec: ZooSpec, g: GeneratorSpec, out: Path, seed: int, device: str) -> str:
+    import torch
+
+    from osma.runtime import resolve_device
+    from osma.zoo import generators as G
+
+    gdir = out / "generators" / g.name
+    gen_hash = _read_json(gdir / "manifest.json")["config_hash"]  # type: ignore[index]
+    cfg = _class_config(spec, g.name, seed, gen_hash, None)
+    if _class_done(out, cfg):
+        return "cached"
+    dev = resolve_device(device)
+    model = _load_model(g, gdir, spec, dev)
+    parts = {}
+    for part, n in zip(_PARTS, (spec.n_train, spec.n_val, spec.n_test)):
+        gen = torch.Generator().manual_seed(_stream(seed, "images", g.name, part))
+        parts[part] = G.sample(g.arch, model, n, gen, dev)
+    _write_class(out, g.name, parts, cfg)
+    return "written"
+
+
+def _real_class(spec: ZooSpec, out: Path, seed: int, real_dir: str | None) -> str:
+    from osma.zoo.sources import sample_patches
+
+    cfg = _class_config(spec, "real", seed, None, real_dir)
+    if _class_done(out, cfg):
+        return "cached"
+    sets = list(spec.datasets) + (["dir"] if real_dir else [])
+    parts = {}
+    for part, n in zip(_PARTS, (spec.n_train, spec.n_val, spec.n_test)):
+        # an equal share from every real dataset, then a fixed shuffle
+        shares = [n // len(sets) + (1 if i < n % len(sets) else 0) for i in range(len(sets))]
+        chunks = [
+            sample_patches(_photos(d, real_dir), k, spec.size, np.random.default_rng(_stream(seed, "real", d, part)), "real")
+            for d, k in zip(sets, shares)
+        ]
+        arr = np.concatenate(chunks)
+        parts[part] = arr[np.random.default_rng(_stream(seed, "real-shuffle", part)).permutation(len(arr))]
+    _write_class(out, "real", parts, cfg)
+    return "written"
+
+
+# ------------------------------------------------------------------------ the build
+
+
+class _deterministic:
+    """Single-threaded, deterministic torch inside the block; restores the previous state."""
+
+    def __enter__(self) -> "_deterministic":
+        import torch
+
+        self.threads = torch.get_num_threads()
+        self.det = torch.are_deterministic_algorithms_enabled()
+        torch.set_num_threads(1)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        torch.use_deterministic_algorithms(self.det)
+
+
+def _lists(spec: ZooSpec) -> dict[str, dict[str, list[tuple[str, str]]]]:
+    def files(cls: str, part: str, n: int) -> list[tuple[str, str]]:
+        return [(f"{DATA_PATH}/images/{cls}/{part}_{i:04d}.png", cls) for i in range(n)]
+
+    counts = {"train": spec.n_train, "val": spec.n_val, "test": spec.n_test}
+    out = {}
+    for name, s in spec.splits().items():
+        ls: dict[str, list[tuple[str, str]]] = {
+            part: [pc for c in s["known_classes"] for pc in files(c, part, n)] for part, n in counts.items()  # type: ignore[union-attr]
+        }
+        for grp, classes in s["unknown_classes"].items():  # type: ignore[union-attr]
+            ls[f"out_{grp}"] = [pc for c in classes for pc in files(c, "test", spec.n_test)]
+        out[name] = ls
+    return out
+
+
+def build(
+    preset: str | ZooSpec,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    jobs: int = 1,
+    real_dir: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Build (or finish, or verify) the zoo ``preset`` into ``out``; return ``out/data_list.yaml``.
+
+    ``preset`` is a name from :data:`osma.zoo.PRESETS` or a :class:`ZooSpec`. ``jobs > 1``
+    trains generators in that many worker processes. ``real_dir`` adds a folder of the
+    user's own photos to the ``real`` class. Finished generators and class image sets are
+    skipped, so an interrupted build resumes and a complete one returns in seconds.
+    """
+    from tqdm.auto import tqdm
+
+    from osma import __version__
+    from osma.data import write_benchmark
+
+    spec = get(preset) if isinstance(preset, str) else preset
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, not {jobs}")
+    if real_dir is not None and not Path(real_dir).is_dir():
+        raise FileNotFoundError(f"--real-dir {real_dir}: not a directory")
+    out = Path(out)
+    (out / ".zoo").mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    gens = spec.generators()
+    status: dict[str, str] = {}
+    with _deterministic():
+        bar = tqdm(total=len(gens), desc=f"zoo {spec.name}: generators", unit="gen", disable=not progress)
+        if jobs > 1:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+                futs = [pool.submit(_worker_train, (spec, g, str(out), seed, device)) for g in gens]
+                for f in as_completed(futs):
+                    name, st = f.result()
+                    status[name] = st
+                    bar.set_postfix_str(f"{name}: {st}")
+                    bar.update(1)
+        else:
+            for g in gens:
+                bar.set_postfix_str(g.name)
+                status[g.name] = _train_generator(spec, g, out, seed, device, progress)
+                bar.update(1)
+        bar.close()
+        classes = ["real"] + [g.name for g in gens]
+        bar = tqdm(total=len(classes), desc=f"zoo {spec.name}: images", unit="class", disable=not progress)
+        written = {"real": _real_class(spec, out, seed, real_dir)}
+        bar.update(1)
+        for g in gens:
+            bar.set_postfix_str(g.name)
+            written[g.name] = _sample_generator_class(spec, g, out, seed, device)
+            bar.update(1)
+        bar.close()
+    target = write_benchmark(out, spec.splits(), _lists(spec), data_path=DATA_PATH)
+    summary = {
+        "preset": spec.to_dict(),
+        "seed": seed,
+        "osma_version": __version__,
+        "generators": {g.name: _read_json(out / "generators" / g.name / "manifest.json") for g in gens},
+        "last_build": {
+            "seconds": round(time.time() - t0, 1),
+            "generators": status,
+            "classes": written,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    }
+    for m in summary["generators"].values():  # keep zoo.json readable: losses stay in the manifests
+        if m:
+            m.pop("losses", None)
+    _write_json(out / "zoo.json", summary)
+    return target

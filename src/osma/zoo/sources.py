@@ -1,0 +1,199 @@
+"""Real-image sources of the zoo: offline photo collections cut into patches.
+
+A *real dataset* is a named list of photographs that exist on this machine without any
+network access: photos bundled in PyPI wheels (scikit-image, scikit-learn, matplotlib),
+Debian wallpaper packages (``make zoo-deps``) or a user's folder (``--real-dir``).
+
+Patches are random crops of *downscaled* photos (factors 1/2 ... 1/8, box-filtered by
+Pillow), never upscaled: down-scaling removes the photos' own JPEG grids and camera traces
+at the pixel level, so the real class carries no up-sampling fingerprint.
+
+Every photo is cut into two disjoint column bands: the left ``1 - REAL_FRACTION`` trains
+the generators, the right ``REAL_FRACTION`` yields the ``real`` class, so real test images
+never share pixels with a generator's training data.
+"""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+#: fraction of each photo's width (right-hand band) reserved for the ``real`` class
+REAL_FRACTION = 0.3
+#: down-scaling factors tried for every photo (those that leave a band >= patch size)
+SCALES: tuple[float, ...] = (1 / 2, 1 / 3, 1 / 4, 1 / 6, 1 / 8)
+_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+Image.MAX_IMAGE_PIXELS = 120_000_000  # wallpapers are large; still refuse decompression bombs
+
+
+def _rgb(a: np.ndarray) -> np.ndarray:
+    """Any skimage-style array (grey, RGB, RGBA, float) -> uint8 HxWx3."""
+    if a.dtype != np.uint8:
+        a = np.clip(a * 255.0 if a.max() <= 1.0 else a, 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(a[:, :, :3])
+
+
+def _skimage(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import skimage.data
+
+        img = getattr(skimage.data, name)()
+        return _rgb(img[0] if isinstance(img, tuple) else img)  # stereo_motorcycle: left view
+
+    return load
+
+
+def _file(path: str | Path) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return _rgb(np.asarray(im.convert("RGB")))
+        except (OSError, Image.DecompressionBombError) as exc:
+            raise ValueError(f"cannot decode real photo {path}: {exc}") from exc
+
+    return load
+
+
+def _package_dir(package: str) -> Path:
+    """Installed location of a package, without importing it (sklearn / matplotlib are slow)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package!r} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _sklearn(name: str) -> Callable[[], np.ndarray]:
+    return lambda: _file(_package_dir("sklearn") / "datasets" / "images" / name)()
+
+
+def _matplotlib(name: str) -> Callable[[], np.ndarray]:
+    return lambda: _file(_package_dir("matplotlib") / "mpl-data" / "sample_data" / name)()
+
+
+@dataclass(frozen=True)
+class RealDataset:
+    """A named collection of photos; ``photos`` maps photo id -> loader."""
+
+    name: str
+    description: str
+    photos: dict[str, Callable[[], np.ndarray]]
+
+    def load(self) -> list[np.ndarray]:
+        """Decode every photo (uint8 HxWx3), in a fixed order."""
+        return [self.photos[k]() for k in sorted(self.photos)]
+
+
+# -- PyPI photos (no apt step, no network: each verified to load offline) ----------------
+PYPI_DATASETS: dict[str, RealDataset] = {
+    "objects": RealDataset(
+        "objects",
+        "colour everyday photos: skimage astronaut, chelsea, coffee, rocket, motorcycle; "
+        "sklearn china, flower; matplotlib grace_hopper",
+        {
+            **{f"skimage:{n}": _skimage(n) for n in ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle")},
+            "sklearn:china": _sklearn("china.jpg"),
+            "sklearn:flower": _sklearn("flower.jpg"),
+            "matplotlib:grace_hopper": _matplotlib("grace_hopper.jpg"),
+        },
+    ),
+    "science": RealDataset(
+        "science",
+        "colour scientific photos: skimage hubble_deep_field, immunohistochemistry, retina",
+        {f"skimage:{n}": _skimage(n) for n in ("hubble_deep_field", "immunohistochemistry", "retina")},
+    ),
+    "grey": RealDataset(
+        "grey",
+        "greyscale photos and textures: skimage camera, moon, coins, clock, cell, brick, grass, gravel",
+        {f"skimage:{n}": _skimage(n) for n in ("camera", "moon", "coins", "clock", "cell", "brick", "grass", "gravel")},
+    ),
+}
+
+# -- Debian packages (make zoo-deps) ---------------------------------------------------------
+_DEBIAN_GLOBS: dict[str, tuple[str, str]] = {
+    "lomiri": ("Lomiri wallpapers (lomiri-wallpapers-16.04): landscape and close-up photos", "/usr/share/backgrounds/*_by_*.jpg"),
+    "mate": ("MATE backgrounds (mate-backgrounds): nature macro photos", "/usr/share/backgrounds/mate/nature/*"),
+}
+
+#: wallpapers in those packages that are renders / patterns, not photographs
+_NOT_PHOTOS = ("analogpattern_by_",)
+
+
+def _folder(name: str, description: str, pattern: str, package: str) -> RealDataset:
+    files = sorted(
+        f
+        for f in glob.glob(pattern, recursive=True)
+        if f.lower().endswith(_EXTS) and os.path.isfile(f) and not any(x in f for x in _NOT_PHOTOS)
+    )
+    if not files:
+        raise FileNotFoundError(
+            f"real dataset {name!r} needs photos matching {pattern} ({package}); "
+            "run `make zoo-deps` (apt) or pass --real-dir"
+        )
+    return RealDataset(name, description, {f"{name}:{Path(f).name}": _file(f) for f in files})
+
+
+def real_dataset(name: str, real_dir: str | Path | None = None) -> RealDataset:
+    """Resolve a dataset name: a PyPI set, a Debian set, or ``dir`` (the ``--real-dir`` folder)."""
+    if name in PYPI_DATASETS:
+        return PYPI_DATASETS[name]
+    if name in _DEBIAN_GLOBS:
+        desc, pattern = _DEBIAN_GLOBS[name]
+        return _folder(name, desc, pattern, "a Debian package")
+    if name == "dir":
+        if real_dir is None:
+            raise ValueError("real dataset 'dir' needs --real-dir")
+        return _folder("dir", f"photos from {real_dir}", str(Path(real_dir) / "**" / "*"), "--real-dir")
+    raise KeyError(f"unknown real dataset {name!r}")
+
+
+def _band(photo: np.ndarray, band: str) -> np.ndarray:
+    """The left (``train``) or right (``real``) column band of a full-resolution photo."""
+    cut = int(photo.shape[1] * (1 - REAL_FRACTION))
+    return photo[:, :cut] if band == "train" else photo[:, cut:]
+
+
+def _pyramid(photo: np.ndarray, size: int) -> list[np.ndarray]:
+    """Down-scaled copies of ``photo`` (never up-scaled) whose sides are >= size."""
+    h, w = photo.shape[:2]
+    im = Image.fromarray(photo)
+    out = []
+    for s in SCALES:
+        nh, nw = int(h * s), int(w * s)
+        if min(nh, nw) >= size:
+            out.append(np.asarray(im.resize((nw, nh), Image.BOX)))
+    if not out and min(h, w) >= size:  # small photo: use it as it is
+        out.append(photo)
+    return out
+
+
+def sample_patches(
+    photos: list[np.ndarray], n: int, size: int, rng: np.random.Generator, band: str
+) -> np.ndarray:
+    """``n`` random ``size``x``size`` crops of down-scaled photos, uint8 (n, size, size, 3).
+
+    ``band`` is ``"train"`` (left part of each photo, for generators) or ``"real"`` (right
+    part, for the real class); the band is cut at full resolution, before down-scaling, so
+    the two never share a pixel. Photos, then scales, are drawn uniformly.
+    """
+    if band not in ("train", "real"):
+        raise ValueError(f"band must be 'train' or 'real', not {band!r}")
+    levels = [p for p in (_pyramid(_band(ph, band), size) for ph in photos) if p]
+    if not levels:
+        raise ValueError(f"no photo is large enough for {size}x{size} patches")
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        pyr = levels[rng.integers(len(levels))]
+        img = pyr[rng.integers(len(pyr))]
+        h, w = img.shape[:2]
+        y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+        out[i] = img[y : y + size, x : x + size]
+    return out

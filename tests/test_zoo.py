@@ -1,0 +1,199 @@
+"""The zoo: a micro build through the API (format, counts, determinism, resume), the
+generator architectures, the pretrained face DCGAN, real-photo sources and the CLI."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from osma.data import UNKNOWN_GROUPS, check, load_split
+from osma.zoo import PRESETS, build, describe
+from osma.zoo import generators as G
+from osma.zoo.sources import PYPI_DATASETS, REAL_FRACTION, sample_patches
+
+MICRO = PRESETS["micro"]
+
+
+def _digest(root: Path, pattern: str) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.glob(pattern))}
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A micro zoo built once for this module; returns its data_list.yaml."""
+    return build("micro", tmp_path_factory.mktemp("zoo") / "micro", seed=0, device="cpu", progress=False)
+
+
+def test_micro_round_trips_through_load_split(micro: Path) -> None:
+    root = micro.parent
+    gens = [g.name for g in MICRO.generators()]
+    counts = {"train": MICRO.n_train, "val": MICRO.n_val, "test": MICRO.n_test}
+    for k in range(1, 6):
+        split = load_split(micro, f"split{k}", check_images=True)
+        spec = MICRO.splits()[f"split{k}"]
+        assert split.known_classes == spec["known_classes"] and split.known_classes[0] == "real"
+        assert {g: split.unknown_classes[g] for g in UNKNOWN_GROUPS} == spec["unknown_classes"]
+        assert all(split.unknown_classes[g] for g in UNKNOWN_GROUPS), "every unknown group is non-empty"
+        # every generator is either known or in exactly one unknown group
+        assert sorted(split.known_classes[1:] + split.unknown_all) == sorted(gens)
+        for part, n in counts.items():
+            labels = [s.label for s in getattr(split, part)]
+            assert {c: labels.count(c) for c in set(labels)} == {c: n for c in split.known_classes}
+        for g in UNKNOWN_GROUPS:
+            labels = [s.label for s in split.test_out[g]]
+            assert {c: labels.count(c) for c in set(labels)} == {c: MICRO.n_test for c in split.unknown_classes[g]}
+        img = np.asarray(Image.open(split.test[0].path))
+        assert img.shape == (MICRO.size, MICRO.size, 3) and img.dtype == np.uint8
+    assert check(micro).ok, [p.message for p in check(micro).all_problems]
+    # generators: weights, manifest, 8x8 contact sheet of 32x32 tiles with 2-px gaps
+    for g in MICRO.generators():
+        gdir = root / "generators" / g.name
+        man = json.loads((gdir / "manifest.json").read_text())
+        assert man["architecture"] == g.arch and man["data"] == g.data and man["seed"] == g.seed
+        assert Image.open(gdir / "sheet.png").size == (8 * 34 + 2, 8 * 34 + 2)
+        if g.arch != "face":
+            assert man["iterations"] == g.iters and len(man["losses"]) > 0 and man["parameters"] < 1_000_000
+            assert load_file(str(gdir / "model.safetensors"))
+
+
+def test_generators_make_different_images(micro: Path) -> None:
+    root = micro.parent / "dataset" / "images"
+    means = {c.name: np.mean([np.asarray(Image.open(p), np.float64) for p in sorted(c.glob("test_*.png"))], 0) for c in root.iterdir()}
+    names = sorted(means)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not np.array_equal(means[a], means[b]), (a, b)
+
+
+def test_real_class_is_real_photo_patches(micro: Path) -> None:
+    imgs = np.stack([np.asarray(Image.open(p)) for p in sorted((micro.parent / "dataset/images/real").glob("*.png"))])
+    assert len(imgs) == MICRO.n_train + MICRO.n_val + MICRO.n_test
+    assert len({im.tobytes() for im in imgs}) == len(imgs), "no duplicate patches"
+    assert imgs.std() > 20  # natural images, not flat fields
+
+
+def test_rebuild_is_byte_identical_and_resume_skips_work(micro: Path, tmp_path: Path) -> None:
+    root = micro.parent
+    stamps = {p: p.stat().st_mtime_ns for p in root.glob("generators/*/manifest.json")}
+    pngs = {p: p.stat().st_mtime_ns for p in root.glob("dataset/images/*/*.png")}
+    build("micro", root, seed=0, device="cpu", progress=False)  # resume: nothing to do
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert {p: p.stat().st_mtime_ns for p in pngs} == pngs
+    last = json.loads((root / "zoo.json").read_text())["last_build"]
+    assert set(last["generators"].values()) == {"cached"} and set(last["classes"].values()) == {"cached"}
+    # an interrupted build: one generator lost its manifest, one class its stamp -> only those redone
+    victim = MICRO.generators()[0].name
+    (root / "generators" / victim / "manifest.json").unlink()
+    (root / ".zoo" / "real.json").unlink()
+    build("micro", root, seed=0, device="cpu", progress=False)
+    last = json.loads((root / "zoo.json").read_text())["last_build"]
+    assert [n for n, s in last["generators"].items() if s == "trained"] == [victim]
+    assert [n for n, s in last["classes"].items() if s == "written"] == ["real"]
+    # a fresh build in another directory gives byte-identical images and weights
+    other = tmp_path / "again"
+    build("micro", other, seed=0, device="cpu", progress=False)
+    for pattern in ("dataset/images/*/*.png", "generators/*/model.safetensors", "generators/*/sheet.png", "dataset/*/annotations/*.txt"):
+        assert _digest(root, pattern) == _digest(other, pattern), pattern
+    assert (root / "data_list.yaml").read_bytes() == (other / "data_list.yaml").read_bytes()
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "nnconv", "bilinear", "pixshuffle", "vae", "ddpm"])
+def test_architecture_shapes_and_sizes(arch: str) -> None:
+    torch.manual_seed(0)
+    for preset in ("tiny", "mini"):
+        width = PRESETS[preset].widths.get(arch)
+        if width is None:
+            continue
+        model = G.make_model(arch, width)
+        assert G.generator_params(arch, model) < 1_000_000 and G.n_params(model) < 1_000_000
+    model = G.make_model(arch, 32).eval()
+    if arch == "ddpm":
+        model.sample_steps = 3
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x = model(G.latent(arch, 5, gen, torch.device("cpu")))
+    assert x.shape == (5, 3, 32, 32) and float(x.min()) >= -1 and float(x.max()) <= 1
+    imgs = G.sample(arch, model, 3, torch.Generator().manual_seed(1), torch.device("cpu"))
+    assert imgs.shape == (3, 32, 32, 3) and imgs.dtype == np.uint8
+
+
+def test_training_reduces_the_loss() -> None:
+    """A few VAE steps on real patches lower the negative ELBO (the models do learn)."""
+    rng = np.random.default_rng(0)
+    patches = sample_patches(PYPI_DATASETS["grey"].load(), 256, 32, rng, "train")
+    _, log = G.train("vae", patches, seed=0, iters=60, width=32, batch=16)
+    first, last = log["losses"][0][1], log["losses"][-1][1]
+    assert last < 0.7 * first
+
+
+def test_pretrained_face_generator_loads() -> None:
+    net = G.load_face_generator("cpu")
+    assert G.n_params(net) == 3_576_704
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        full = net(G.latent("face", 2, gen, torch.device("cpu")))
+    assert full.shape == (2, 3, 64, 64)
+    imgs = G.sample("face", net, 4, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert imgs.shape == (4, 32, 32, 3) and imgs.std() > 10
+
+
+def test_patches_are_crops_of_downscaled_photos_from_disjoint_bands() -> None:
+    photo = np.random.default_rng(0).integers(0, 256, (200, 400, 3), dtype=np.uint8)
+    for band in ("train", "real"):
+        p = sample_patches([photo], 20, 32, np.random.default_rng(1), band)
+        assert p.shape == (20, 32, 32, 3)
+    with pytest.raises(ValueError, match="band"):
+        sample_patches([photo], 1, 32, np.random.default_rng(1), "test")
+    # a photo with distinct left / right halves: bands never mix (right band = last 30%)
+    split_photo = np.zeros((256, 512, 3), np.uint8)
+    split_photo[:, int(512 * (1 - REAL_FRACTION)) :] = 255
+    assert sample_patches([split_photo], 50, 32, np.random.default_rng(2), "train").max() < 255
+    assert sample_patches([split_photo], 50, 32, np.random.default_rng(2), "real").min() > 0
+
+
+def test_tiny_uses_only_pypi_photos_that_load_offline() -> None:
+    assert set(PRESETS["tiny"].datasets) <= set(PYPI_DATASETS)
+    for ds in PYPI_DATASETS.values():
+        photos = ds.load()
+        assert len(photos) >= 3 and all(p.ndim == 3 and p.shape[2] == 3 and p.dtype == np.uint8 for p in photos)
+
+
+def test_presets_are_complete() -> None:
+    for name, spec in PRESETS.items():
+        gens = [g.name for g in spec.generators()]
+        assert len(gens) == len(set(gens)), name
+        splits = spec.splits()
+        assert list(splits) == [f"split{k}" for k in range(1, 6)]
+        assert len({tuple(s["known_classes"]) for s in splits.values()}) >= 4, "splits rotate the known generators"
+        for s in splits.values():
+            assert all(s["unknown_classes"][g] for g in UNKNOWN_GROUPS)
+    mini = PRESETS["mini"]
+    assert 20 <= len(mini.generators()) <= 30 and mini.seeds >= 3
+    assert {g.arch for g in mini.generators()} >= {"dcgan", "nnconv", "bilinear", "pixshuffle", "vae", "ddpm", "face"}
+    assert "split3" in describe("tiny")
+
+
+def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="unknown zoo preset"):
+        build("huge", tmp_path)
+    with pytest.raises(FileNotFoundError, match="real-dir"):
+        build("micro", tmp_path, real_dir=str(tmp_path / "nope"))
+
+
+def test_cli_zoo_list() -> None:
+    from osma.cli import app
+
+    res = CliRunner().invoke(app, ["zoo", "list"])
+    assert res.exit_code == 0, res.output
+    for name in PRESETS:
+        assert f"preset {name}:" in res.output
+    assert "face_digiface" in res.output and "unknown seed/arch/dataset" in res.output
+    res = CliRunner().invoke(app, ["zoo", "list", "nope"])
+    assert res.exit_code != 0
