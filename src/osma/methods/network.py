@@ -33,7 +33,7 @@ from osma.runtime import resolve_device, seed_everything
 COMMON_DEFAULTS: dict[str, Any] = {
     "backbone": "simple_cnn",
     "input": "rgb",
-    "crop": 64,
+    "crop": 32,
     "resize": None,
     "embed_dim": 512,
     "width": 1.0,
