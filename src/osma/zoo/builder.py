@@ -7,6 +7,7 @@ Layout of ``DIR`` (the public benchmark format, see :func:`osma.data.write_bench
     DIR/dataset/images/<class>/<part>_<i>.png         32x32 PNG, part in train/val/test
     DIR/generators/<name>/{model.safetensors, manifest.json, sheet.png}
     DIR/zoo.json                                      preset, seed, timings
+    DIR/build.log                                     one line per generator / class, per build
     DIR/.zoo/<class>.json                             "class image set finished" stamps
 
 Resumable: ``manifest.json`` is written last, after the weights and the sheet, and a
@@ -57,6 +58,12 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def _log(out: Path, msg: str) -> None:
+    """Append a time-stamped line to ``out/build.log`` (a plain record next to the tqdm bars)."""
+    with open(out / "build.log", "a", encoding="utf-8") as fh:
+        fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
 
 
 def _save_png(arr: np.ndarray, path: Path) -> None:
@@ -346,6 +353,7 @@ def build(
     t0 = time.time()
     gens = spec.generators()
     status: dict[str, str] = {}
+    _log(out, f"build preset={spec.name} seed={seed} device={device} jobs={jobs}: {len(gens)} generators")
     with _deterministic():
         bar = tqdm(total=len(gens), desc=f"zoo {spec.name}: generators", unit="gen", disable=not progress)
         if jobs > 1:
@@ -356,21 +364,25 @@ def build(
                 for f in as_completed(futs):
                     name, st = f.result()
                     status[name] = st
+                    _log(out, f"generator {name}: {st} ({time.time() - t0:.0f} s since start)")
                     bar.set_postfix_str(f"{name}: {st}")
                     bar.update(1)
         else:
             for g in gens:
                 bar.set_postfix_str(g.name)
                 status[g.name] = _train_generator(spec, g, out, seed, device, progress)
+                _log(out, f"generator {g.name}: {status[g.name]} ({time.time() - t0:.0f} s since start)")
                 bar.update(1)
         bar.close()
         classes = ["real"] + [g.name for g in gens]
         bar = tqdm(total=len(classes), desc=f"zoo {spec.name}: images", unit="class", disable=not progress)
         written = {"real": _real_class(spec, out, seed, real_dir)}
+        _log(out, f"images real: {written['real']} ({time.time() - t0:.0f} s since start)")
         bar.update(1)
         for g in gens:
             bar.set_postfix_str(g.name)
             written[g.name] = _sample_generator_class(spec, g, out, seed, device)
+            _log(out, f"images {g.name}: {written[g.name]} ({time.time() - t0:.0f} s since start)")
             bar.update(1)
         bar.close()
     target = write_benchmark(out, spec.splits(), _lists(spec), data_path=DATA_PATH)
@@ -390,4 +402,5 @@ def build(
         if m:
             m.pop("losses", None)
     _write_json(out / "zoo.json", summary)
+    _log(out, f"done: {target} in {time.time() - t0:.1f} s")
     return target
