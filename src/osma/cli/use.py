@@ -101,15 +101,30 @@ def _print_table(rows: list[dict[str, Any]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    paths = [d["path"] or "" for d in rows]
+    base = ""
+    if len(paths) > 1 and all(paths):
+        try:
+            base = os.path.commonpath(paths)
+        except ValueError:  # mixed absolute and relative paths
+            base = ""
+        if base in paths:  # a single file repeated: keep full names
+            base = ""
+    if base:
+        title += f"\nin {base}"
+    any_error = any(d["error"] for d in rows)
     table = Table(title=title)
-    for col, kw in (("path", {"overflow": "fold"}), ("source", {}), ("nearest", {}), ("score", {"justify": "right"}),
-                    ("tau", {"justify": "right"}), ("error", {"overflow": "fold"})):
-        table.add_column(col, **kw)
-    for d in rows:
+    table.add_column("path", overflow="fold", ratio=2)
+    for col in ("source", "nearest"):
+        table.add_column(col, overflow="fold", ratio=1)
+    table.add_column("score", justify="right", no_wrap=True)
+    if any_error:
+        table.add_column("error", overflow="fold", ratio=2)
+    for p, d in zip(paths, rows):
         src = d["source"] or ""
         style = "red" if d["error"] else ("yellow" if src == "unknown" else "green")
-        table.add_row(d["path"] or "", f"[{style}]{src}[/]", d["nearest"] or "", _fmt(d["score"]),
-                      _fmt(d["threshold"]), d["error"] or "")
+        cells = [os.path.relpath(p, base) if base else p, f"[{style}]{src}[/]", d["nearest"] or "", _fmt(d["score"])]
+        table.add_row(*cells, *([d["error"] or ""] if any_error else []))
     Console().print(table)
 
 
@@ -195,7 +210,7 @@ def attribute(
         if fh is not None:
             fh.close()
     if fmt == "table":
-        _print_table(rows, f"osma attribute ({m.method}, tau={_fmt(m.threshold(tau)) or '-inf'})")
+        _print_table(rows, f"osma attribute ({m.method}, tau = {_fmt(m.threshold(tau)) or '-inf'})")
         for d in rows:
             if d["error"]:
                 typer.echo(f"failed: {d['error']}", err=True)  # unfolded, for copy and paste
