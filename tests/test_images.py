@@ -449,6 +449,8 @@ def test_balanced_loader(tmp_path: Path) -> None:
     assert [b[2].tolist() for b in e1] != [b[2].tolist() for b in e0]
     shuffled = make_loader(ds, batch_size=3, train=True, workers=0)
     assert [b[0].shape[0] for b in shuffled] == [3, 3]  # last incomplete batch dropped
+    fixed = make_loader(ds, batch_size=0, train=True, per_class=2, workers=0, seed=3, batches=5)
+    assert len(list(fixed)) == 5  # a fixed training budget per epoch
 
 
 def test_shuffled_loader_order_depends_on_seed_and_epoch_only(tmp_path: Path) -> None:

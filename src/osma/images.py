@@ -641,11 +641,13 @@ def make_loader(
     labels: Sequence[int] | None = None,
     workers: int | None = None,
     seed: int = 0,
+    batches: int | None = None,
 ) -> SkippingLoader:
     """A DataLoader over ``dataset`` (usually an :class:`ImageDataset`) that skips unreadable files.
 
     * ``per_class`` given: :class:`BalancedBatchSampler` batches of ``per_class`` images per
-      class (``labels`` default to ``dataset.labels``; ``batch_size`` is then not used).
+      class (``labels`` default to ``dataset.labels``; ``batch_size`` is then not used);
+      ``batches`` sets the number of batches per pass (default: about one pass over the data).
     * else ``train=True``: shuffled (seeded), last incomplete batch dropped; ``train=False``:
       in order, all items.
     * ``workers`` defaults to :func:`osma.runtime.default_workers`; worker seeding is
@@ -672,7 +674,7 @@ def make_loader(
             labels = getattr(dataset, "labels", None)
             if labels is None:
                 raise ValueError("make_loader: per_class needs labels (or a dataset with .labels)")
-        sampler = BalancedBatchSampler(labels, per_class, seed=seed)
+        sampler = BalancedBatchSampler(labels, per_class, batches=batches, seed=seed)
         loader = SkippingLoader(dataset, batch_sampler=sampler, **common)
     else:
         if batch_size < 1:

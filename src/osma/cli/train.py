@@ -15,13 +15,15 @@ def train_cmd(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (method default if omitted)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="simple_cnn, mislnet or resnet18."),
     input: Optional[str] = typer.Option(None, "--input", help="Network input: dct or rgb."),  # noqa: A002
-    crop: Optional[int] = typer.Option(None, "--crop", help="Crop size in pixels (default 64)."),
+    crop: Optional[int] = typer.Option(None, "--crop", help="Crop size in pixels (method default: 32, the zoo's image size)."),
     resize: Optional[int] = typer.Option(None, "--resize", help="Resize images to this square size before cropping."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     seed: int = typer.Option(0, "--seed", help="Random seed (data order, augmentation, initialisation)."),
     resume: bool = typer.Option(False, "--resume", help="Continue after the last checkpoint in OUT/checkpoints."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (divided among classes)."),
     per_class: Optional[int] = typer.Option(None, "--per-class", help="Images per class in each balanced batch."),
+    batches_per_epoch: Optional[int] = typer.Option(
+        None, "--batches-per-epoch", help="Balanced batches per epoch (default: about one pass over the data)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of the network."),
     variant: Optional[str] = typer.Option(None, "--variant", help="pose only: base, am or full."),
     pretrain_epochs: Optional[int] = typer.Option(None, "--pretrain-epochs", help="metric only: forensic pretraining epochs."),
@@ -45,6 +47,8 @@ def train_cmd(
         opts["resize"] = resize
     if workers is not None:
         opts["workers"] = workers
+    if batches_per_epoch is not None:
+        opts["batches_per_epoch"] = batches_per_epoch
     try:
         att = methods.train(
             data, split, method, out, epochs=epochs, backbone=backbone, input=input, crop=crop, device=device,

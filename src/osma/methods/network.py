@@ -39,6 +39,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "width": 1.0,
     "epochs": 10,
     "per_class": 8,
+    "batches_per_epoch": None,  # None: about one pass over the training data per epoch
     "lr": 1e-4,
     "augment": "none",
     "seed": 0,
@@ -208,7 +209,7 @@ class NetworkAttributor(Attributor):
         return out
 
     def loader(self, samples: Iterable[Any], *, train: bool, batch_size: int | None = None,  # noqa: ANN401
-               per_class: int | None = None):  # noqa: ANN201 - osma.images.SkippingLoader
+               per_class: int | None = None, batches: int | None = None):  # noqa: ANN201
         """An :func:`osma.images.make_loader` over labelled samples with this model's crops.
 
         ``train``: random crops + augmentation, balanced batches of ``per_class`` images per
@@ -223,7 +224,7 @@ class NetworkAttributor(Attributor):
         workers = self.config["workers"]
         return make_loader(ds, int(batch_size or self.config["embed_batch_size"]), train=train,
                            per_class=per_class, workers=None if workers is None else int(workers),
-                           seed=int(self.config["seed"]))
+                           seed=int(self.config["seed"]), batches=batches)
 
     # ------------------------------------------------------------------ training
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -276,7 +277,9 @@ class NetworkAttributor(Attributor):
             raise ValueError(f"split {getattr(split, 'name', '')!r} has no training images")
         counts = np.bincount([i for _, i in self.label_index(train)], minlength=self.n_train)
         cfg["train_counts"] = {c: int(n) for c, n in zip(self.classes, counts)}
-        balanced = self.loader(train, train=True, per_class=int(cfg["per_class"]))
+        bpe = cfg.get("batches_per_epoch")
+        balanced = self.loader(train, train=True, per_class=int(cfg["per_class"]),
+                               batches=None if bpe is None else int(bpe))
         other_loaders: dict[int, Any] = {}
         opts = self.optimizers()
         scheds = self.schedulers(opts)
