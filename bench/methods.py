@@ -55,7 +55,7 @@ def _get(d: dict, path: tuple[str, ...]) -> float | None:
 
 
 def run_one(data: Path, split: str, name: str, out: Path, *, epochs: int, device: str, seed: int,
-            batch_size: int, train_options: dict) -> dict:
+            batch_size: int, train_options: dict, plots: bool = True) -> dict:
     """Train (or resume, or skip) one method on one split, evaluate it and return the report."""
     from osma import methods
     from osma.data import load_split
@@ -82,7 +82,7 @@ def run_one(data: Path, split: str, name: str, out: Path, *, epochs: int, device
     bench = json.loads(marker.read_text(encoding="utf-8"))
     print(f"[{split}/{name}] evaluating", flush=True)
     attributor = methods.load_attributor(run_dir, device)
-    report = evaluate(attributor, load_split(data, split), rep_dir, batch_size=batch_size, seed=seed)
+    report = evaluate(attributor, load_split(data, split), rep_dir, batch_size=batch_size, seed=seed, plots=plots)
     report["bench"] = bench
     done.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
+    ap.add_argument("--method-epochs", action="append", default=[], metavar="NAME=N",
+                    help="epochs for one method instead of --epochs (e.g. metric=30: its epochs are cheap)")
+    ap.add_argument("--no-plots", action="store_true", help="skip the report plots (t-SNE is slow on big zoos)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="extra training option passed to every method (YAML value), e.g. --option crop=64")
     args = ap.parse_args(argv)
@@ -158,16 +161,25 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--option {opt!r}: expected KEY=VALUE")
         train_options[key.replace("-", "_")] = yaml.safe_load(value)
 
+    epochs_for = {n: args.epochs for n in names}
+    for opt in args.method_epochs:
+        key, sep, value = opt.partition("=")
+        if not sep or key not in METHODS or not value.isdigit():
+            ap.error(f"--method-epochs {opt!r}: expected NAME=N with NAME in {list(METHODS)}")
+        epochs_for[key] = int(value)
+
     reports: dict[str, list[dict]] = {n: [] for n in names}
     for split in splits:
         for name in names:
-            reports[name].append(run_one(args.data, split, name, args.out, epochs=args.epochs, device=args.device,
-                                         seed=args.seed, batch_size=args.batch_size, train_options=train_options))
+            reports[name].append(run_one(args.data, split, name, args.out, epochs=epochs_for[name],
+                                         device=args.device, seed=args.seed, batch_size=args.batch_size,
+                                         train_options=train_options, plots=not args.no_plots))
     table = summarize(reports)
     md = to_markdown(table, splits)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(md, encoding="utf-8")
-    (args.out / "table.json").write_text(json.dumps({"splits": splits, "epochs": args.epochs, "methods": table},
+    (args.out / "table.json").write_text(json.dumps({"splits": splits, "epochs": epochs_for, "options": train_options,
+                                                    "command": " ".join(sys.argv), "methods": table},
                                                     indent=2) + "\n", encoding="utf-8")
     print(md)
     print(f"written to {args.out / 'table.md'} and {args.out / 'table.json'}")
