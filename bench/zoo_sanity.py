@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/zoo_sanity.py runs/zoo-mini [--split split1] [--epochs 8]
 
-Trains a small CNN on the split's known classes (train list, 32x32 centre crops, no
-augmentation), then prints its closed-set test accuracy and, with the maximum softmax
+Trains a small CNN on the split's known classes (train list, 32x32 centre crops, random
+horizontal flips only), then prints its closed-set test accuracy and, with the maximum softmax
 probability as the knownness score, AUROC of known test images against each unknown
 group (seed / arch / dataset) and all unknowns together. A useful zoo has separable known
 sources (high accuracy) and unknowns that are not trivially rejected; in the published
