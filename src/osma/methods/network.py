@@ -106,7 +106,7 @@ class NetworkAttributor(Attributor):
         return {"backbone": self.backbone}
 
     def buffers(self) -> dict[str, torch.Tensor]:
-        """Extra tensors saved in the bundle (centroids, sigmas, imprinted weights ...)."""
+        """Extra tensors saved in the bundle (centroids, sigmas, ...)."""
         out = {}
         if self.centroids is not None and self.sigmas is not None:
             out = {"centroids": self.centroids, "sigmas": self.sigmas}

@@ -1,7 +1,7 @@
 """``softmax``: a closed-set cross-entropy classifier (the "Base" of the POSE ablation).
 
 Score = maximum softmax probability (``score="msp"``, default) or maximum logit
-(``score="max_logit"``). Enrollment imprints a new row of the classifier head (see
+(``score="max_logit"``). Enrollment adds a centroid reference in embedding space (see
 :meth:`SoftmaxAttributor.enroll`); :class:`osma.methods.pose.PoseAttributor` shares it.
 """
 from __future__ import annotations
@@ -38,27 +38,9 @@ class SoftmaxAttributor(NetworkAttributor):
         d = int(self.config["embed_dim"])
         # POSE's head: dropout then linear
         self.head = nn.Sequential(nn.Dropout(float(self.config["dropout"])), nn.Linear(d, self.n_train))
-        #: rows of the head imprinted by enroll (E, D) and their biases (E,)
-        self.imprint_w = torch.zeros(0, d)
-        self.imprint_b = torch.zeros(0)
-        self.own_logit = None  # mean logit of training images for their own class (set by finalize)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"backbone": self.backbone, "head": self.head}
-
-    def buffers(self) -> dict[str, torch.Tensor]:
-        out = super().buffers()
-        out.update({"imprint.weight": self.imprint_w, "imprint.bias": self.imprint_b})
-        if self.own_logit is not None:
-            out["own_logit"] = self.own_logit
-        return out
-
-    def set_buffers(self, tensors: dict[str, torch.Tensor]) -> None:
-        super().set_buffers(tensors)
-        d = int(self.config["embed_dim"])
-        self.imprint_w = tensors.get("imprint.weight", torch.zeros(0, d)).float()
-        self.imprint_b = tensors.get("imprint.bias", torch.zeros(0)).float()
-        self.own_logit = tensors.get("own_logit")
 
     def schedulers(self, opts: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
         """POSE's StepLR: lr x ``gamma`` every ``step_size`` iterations."""
@@ -82,57 +64,52 @@ class SoftmaxAttributor(NetworkAttributor):
             sched.step()
             yield {"loss_cls": loss.item()}
 
-    def finalize(self, emb: np.ndarray, labels: np.ndarray) -> None:
-        """Class centroids/spreads plus the mean own-class logit (the level imprinting matches)."""
-        super().finalize(emb, labels)
-        with torch.no_grad():
-            logits = self._logits(torch.from_numpy(emb).float())
-        own = logits[torch.arange(len(labels)), torch.from_numpy(labels).long()]
-        self.own_logit = own.mean().reshape(1).cpu()
-
     # ------------------------------------------------------------------ scoring
     def _logits(self, emb: torch.Tensor) -> torch.Tensor:
         self.head.eval()
-        emb = emb.to(self.device)
-        known = self.head(emb)
-        if len(self.imprint_w):
-            extra = emb @ self.imprint_w.to(self.device).t() + self.imprint_b.to(self.device)
-            known = torch.cat([known, extra], dim=1)
-        return known
+        return self.head(emb.to(self.device))
 
     @torch.no_grad()
     def predict_embeddings(self, emb: np.ndarray) -> Prediction:
-        """pred = argmax logit; score = max softmax probability (or max logit)."""
+        """pred = argmax logit; score = max softmax probability (or max logit).
+
+        With enrolled sources, each image also finds its nearest reference in normalised
+        centroid distance d(h(x), r_i) / sigma_i over all sources (trained and enrolled);
+        when that is an enrolled source, it becomes the prediction. The knownness score
+        stays the trained head's, so a calibrated tau keeps its meaning. An enrolled
+        source's column in ``class_scores`` holds the score where it is predicted, else 0.
+        """
         e = np.asarray(emb, np.float32).reshape(-1, int(self.config["embed_dim"]))
         logits = self._logits(torch.from_numpy(e))
-        probs = torch.softmax(logits, dim=1)
-        cs = logits if self.config["score"] == "max_logit" else probs
+        cs = logits if self.config["score"] == "max_logit" else torch.softmax(logits, dim=1)
         score, pred = cs.max(dim=1)
-        return Prediction(pred.cpu().numpy(), score.cpu().numpy().astype(np.float64),
-                          cs.cpu().numpy().astype(np.float64), e)
+        score, pred, cs = score.cpu().numpy().astype(np.float64), pred.cpu().numpy(), cs.cpu().numpy().astype(np.float64)
+        n_enrolled = len(self.classes) - self.n_train
+        if n_enrolled > 0:
+            r, sig = self.centroids.numpy(), self.sigmas.numpy()
+            z = np.sqrt(((e[:, None, :] - r[None]) ** 2).sum(-1)) / sig[None]
+            near = z.argmin(1)
+            new = near >= self.n_train
+            pred = np.where(new, near, pred)
+            extra = np.zeros((len(e), n_enrolled))
+            extra[np.flatnonzero(new), near[new] - self.n_train] = score[new]
+            cs = np.concatenate([cs, extra], axis=1)
+        return Prediction(pred, score, cs, e)
 
     # ------------------------------------------------------------------ enrollment
     @torch.no_grad()
     def enroll(self, name: str, emb: np.ndarray) -> None:
-        """Weight imprinting (Qi, Brown and Lowe, CVPR 2018) for an unnormalised linear head.
+        """Add a source as a reference in embedding space: centroid r and spread sigma.
 
-        The new row's direction is the mean direction of the new source's embeddings and
-        its norm the mean norm of the trained rows; its bias is set so that the new
-        source's images get, on average, the same own-class logit as training images get
-        for their classes (``own_logit``, measured after training). The network and the
-        other rows are untouched, so scores keep their meaning and tau stays valid. The
-        source's centroid and spread are recorded too.
+        The trained head and network are untouched, so known scores and a calibrated tau
+        keep their meaning; an image goes to the new source when, in normalised centroid
+        distance d/sigma, that source is nearer than every trained one (as in ``metric``).
+        Weight imprinting (a new head row) was measured first and dropped: on the `mini`
+        zoo its row captured a whole known source (README, enrollment results).
         """
         e = self._check_enroll(name, emb)
-        et = torch.from_numpy(e)
-        u = F.normalize(et, dim=1).mean(0)
-        u = u / u.norm().clamp_min(1e-12)
-        w_known = self.head[1].weight.detach().cpu()
-        w = u * w_known.norm(dim=1).mean()
-        level = float(self.own_logit) if self.own_logit is not None else float(self.head[1].bias.mean())
-        b = level - (et @ w).mean()
-        self.imprint_w = torch.cat([self.imprint_w, w[None]])
-        self.imprint_b = torch.cat([self.imprint_b, b.reshape(1)])
+        if self.centroids is None or self.sigmas is None:
+            raise ValueError(f"enroll {name!r}: the model has no class references (train or load it first)")
         self._append_reference(e)
         self.classes.append(name)
         self.enrolled[name] = int(len(e))
