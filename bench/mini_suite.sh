@@ -23,3 +23,9 @@ $PY bench/methods.py "$ZOO" --splits split1,split2 --methods metric "${COMMON[@]
 # 3. enrollment of unseen generators from 10 / 50 / 200 images (metric model of split1)
 $PY bench/enroll.py "$ZOO" runs/bench-mini/runs/split1/metric --sizes 10,50,200
 $PY bench/enroll.py "$ZOO" runs/bench-mini/runs/split1/pose --sizes 10,50,200
+$PY bench/enroll.py "$ZOO" runs/bench-mini/runs/split1/softmax --sizes 10,50,200
+
+# 4. the diversity loss: longer training (12 epochs, more augmentation models) and a 100x
+#    larger weight than the official 1e-4, splits 1-2 (pose-am ignores w_div)
+$PY bench/methods.py "$ZOO" --splits split1,split2 --methods pose-am,pose --epochs 12 \
+    --option batches_per_epoch=20 --option w_div=0.01 --no-plots --out runs/bench-mini-div
