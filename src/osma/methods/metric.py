@@ -161,14 +161,7 @@ class MetricAttributor(NetworkAttributor):
 
     def enroll(self, name: str, emb: np.ndarray) -> None:
         """A new centroid and spread from the new source's (normalised) embeddings."""
-        e = self._check_enroll(name, emb)
-        cent, sig = class_statistics(_l2(e), np.zeros(len(e), np.int64), 1)
-        if self.centroids is None or self.sigmas is None:
-            raise RuntimeError("cannot enroll into an untrained metric attributor")
-        self.centroids = torch.cat([self.centroids, torch.from_numpy(cent)])
-        self.sigmas = torch.cat([self.sigmas, torch.from_numpy(sig)])
-        self.classes.append(name)
-        self.enrolled[name] = int(len(e))
+        self._add_reference(name, _l2(self._check_enroll(name, emb)))
 
 
 def _l2(e: np.ndarray) -> np.ndarray:

@@ -459,6 +459,16 @@ class NetworkAttributor(Attributor):
             raise ValueError(f"source {name!r} is already known")
         return emb
 
+    def _add_reference(self, name: str, e: np.ndarray) -> None:
+        """Enroll ``name`` as a centroid + spread reference computed from embeddings ``e``."""
+        if self.centroids is None or self.sigmas is None:
+            raise ValueError(f"enroll {name!r}: the model has no class references (train or load it first)")
+        cent, sig = class_statistics(e, np.zeros(len(e), np.int64), 1)
+        self.centroids = torch.cat([self.centroids, torch.from_numpy(cent)])
+        self.sigmas = torch.cat([self.sigmas, torch.from_numpy(sig)])
+        self.classes.append(name)
+        self.enrolled[name] = int(len(e))
+
 
 def read_bundle_json(d: Path) -> dict[str, Any]:
     """Parse and check ``model.json`` of bundle directory ``d``."""

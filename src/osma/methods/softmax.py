@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from osma.methods.base import Prediction
-from osma.methods.network import NetworkAttributor, class_statistics
+from osma.methods.network import NetworkAttributor
 
 
 class SoftmaxAttributor(NetworkAttributor):
@@ -107,15 +107,4 @@ class SoftmaxAttributor(NetworkAttributor):
         Weight imprinting (a new head row) was measured first and dropped: on the `mini`
         zoo its row captured a whole known source (README, enrollment results).
         """
-        e = self._check_enroll(name, emb)
-        if self.centroids is None or self.sigmas is None:
-            raise ValueError(f"enroll {name!r}: the model has no class references (train or load it first)")
-        self._append_reference(e)
-        self.classes.append(name)
-        self.enrolled[name] = int(len(e))
-
-    def _append_reference(self, e: np.ndarray) -> None:
-        cent, sig = class_statistics(e, np.zeros(len(e), np.int64), 1)
-        if self.centroids is not None and self.sigmas is not None:
-            self.centroids = torch.cat([self.centroids, torch.from_numpy(cent)])
-            self.sigmas = torch.cat([self.sigmas, torch.from_numpy(sig)])
+        self._add_reference(name, self._check_enroll(name, emb))
