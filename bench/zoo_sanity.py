@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--per-class", action="store_true", help="also print AUROC per unknown class and where its images go")
     args = ap.parse_args()
 
     path = Path(args.zoo)
@@ -104,9 +105,18 @@ def main() -> None:
     print("AUROC, known test vs unknown (score = max softmax probability):")
     msp_all = []
     for g, x in x_out.items():
-        msp = _softmax(model, x, device).max(1)
+        p_out = _softmax(model, x, device)
+        msp = p_out.max(1)
         msp_all.append(msp)
         print(f"  {g:8s} ({n_unknown[g]:2d} classes, {len(x):5d} images): {auroc(msp_known, msp):.3f}")
+        if args.per_class:
+            names = np.array([s.label for s in split.test_out[g]])
+            for c in dict.fromkeys(names):
+                m = names == c
+                pred = np.bincount(p_out[m].argmax(1), minlength=len(split.known_classes))
+                top = int(pred.argmax())
+                print(f"      {c:24s} {auroc(msp_known, msp[m]):.3f}   "
+                      f"mostly -> {split.known_classes[top]} ({pred[top] / m.sum():.0%})")
     print(f"  {'all':8s} ({sum(n_unknown.values()):2d} classes, {sum(map(len, msp_all)):5d} images): "
           f"{auroc(msp_known, np.concatenate(msp_all)):.3f}")
 
