@@ -52,6 +52,26 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x).mean((2, 3)))
 
 
+def fit_cnn(x: torch.Tensor, y: torch.Tensor, n_classes: int, epochs: int, device: torch.device, seed: int) -> nn.Module:
+    """Train :class:`SmallCNN` on images ``x`` in [-1, 1] (N, 3, H, W): AdamW, one-cycle lr, flips."""
+    model = SmallCNN(n_classes).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    steps = epochs * ((len(x) + 63) // 64)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(x), generator=gen).split(64):
+            xb = x[idx].to(device)
+            xb = torch.where(torch.rand(len(idx), 1, 1, 1, generator=gen).to(device) < 0.5, xb, xb.flip(3))
+            loss = F.cross_entropy(model(xb), y[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model
+
+
 @torch.no_grad()
 def _softmax(model: nn.Module, x: torch.Tensor, device: torch.device) -> np.ndarray:
     model.eval()
@@ -79,22 +99,7 @@ def main() -> None:
     x_test, y_test = _tensor(split.test, args.size), split.labels(split.test)
     x_out = {g: _tensor(split.test_out[g], args.size) for g in UNKNOWN_GROUPS if split.test_out.get(g)}
 
-    model = SmallCNN(len(split.known_classes)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    steps = args.epochs * ((len(x_train) + 63) // 64)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    gen = torch.Generator().manual_seed(args.seed)
-    for _ in range(args.epochs):
-        model.train()
-        for idx in torch.randperm(len(x_train), generator=gen).split(64):
-            xb = x_train[idx].to(device)
-            xb = torch.where(torch.rand(len(idx), 1, 1, 1, generator=gen).to(device) < 0.5, xb, xb.flip(3))
-            loss = F.cross_entropy(model(xb), y_train[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-
+    model = fit_cnn(x_train, y_train, len(split.known_classes), args.epochs, device, args.seed)
     p_test = _softmax(model, x_test, device)
     msp_known = p_test.max(1)
     acc = closed_set_accuracy(y_test, p_test.argmax(1))

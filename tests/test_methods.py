@@ -181,3 +181,31 @@ def test_bad_options_and_bundles(toy, tmp_path: Path) -> None:  # noqa: ANN001
     (tmp_path / "model.json").write_text('{"method": "pose",\n "classes": [}')
     with pytest.raises(ValueError, match="line 2"):
         methods.load_attributor(tmp_path)
+
+
+def test_pose_augnet_terms_match_their_definitions(toy, trained) -> None:  # noqa: ANN001
+    """L_A's terms recomputed by hand from the features; only ``div`` needs an earlier model,
+    and each weighted term pulls on the augmentation model's weights."""
+    _, _, test, _ = toy
+    att, _ = trained["pose"]
+    att.train_mode(False)
+    x = att.input_tensor(np.stack([att.prepare(im) for im in test[:6]]))
+    aug, prev = att.augnets[-1], att.augnets[0]
+    with torch.no_grad():
+        xa = aug(x).numpy()
+        f, fa, fp = (att.features(t).numpy() for t in (x, aug(x), prev(x)))
+    cos = lambda a, b: np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))  # noqa: E731
+    terms = att.augnet_terms(aug, x)
+    assert set(terms) == {"mse", "close_known"}
+    np.testing.assert_allclose(terms["mse"].item(), np.mean((xa - x.numpy()) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(terms["close_known"].item(), max(1 - cos(f, fa), 1 - att.config["known_sim"]), rtol=1e-4)
+    terms = att.augnet_terms(aug, x, prev)
+    np.testing.assert_allclose(terms["div"].item(), cos(fa, fp), rtol=1e-4)
+    assert att.augnet_weights() == {"mse": 1.0, "close_known": att.config["w_close"], "div": att.config["w_div"]}
+    for p in aug.parameters():
+        p.requires_grad_(True)
+    terms["div"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in aug.parameters())
+    for p in aug.parameters():
+        p.requires_grad_(False)
+        p.grad = None

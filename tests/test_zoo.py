@@ -197,3 +197,44 @@ def test_cli_zoo_list() -> None:
     assert "face_digiface" in res.output and "unknown seed/arch/dataset" in res.output
     res = CliRunner().invoke(app, ["zoo", "list", "nope"])
     assert res.exit_code != 0
+
+
+def test_ema_weights_match_an_independent_average_and_checkpoints_are_reported() -> None:
+    """``ema``: the returned weights are the warmed-up moving average of the raw weights
+    after every iteration (recomputed here from the checkpoint snapshots)."""
+    patches = sample_patches(PYPI_DATASETS["grey"].load(), 64, 32, np.random.default_rng(0), "train")
+    iters, decay = 6, 0.8
+    snaps: dict[int, dict[str, torch.nn.Module]] = {}
+    model, log = G.train("dcgan", patches, seed=3, iters=iters, width=16, batch=8, ema=decay,
+                         checkpoints=range(1, iters + 1), on_checkpoint=lambda t, s: snaps.__setitem__(t, s))
+    assert sorted(snaps) == list(range(1, iters + 1)) and all(set(s) == {"raw", "ema"} for s in snaps.values())
+    assert log["ema"] == decay and not model.training and not snaps[iters]["raw"].training
+    torch.manual_seed(3)
+    expect = [p.detach().clone() for p in G.make_model("dcgan", 16).parameters()]  # the initial weights
+    for t in range(1, iters + 1):
+        d = min(decay, (1 + t) / (10 + t))
+        expect = [d * e + (1 - d) * r.detach() for e, r in zip(expect, snaps[t]["raw"].parameters())]
+    for e, got, snap in zip(expect, model.parameters(), snaps[iters]["ema"].parameters()):
+        torch.testing.assert_close(got, e)
+        torch.testing.assert_close(snap, got)
+    raw_last = list(snaps[iters]["raw"].parameters())
+    assert any(not torch.allclose(a, b) for a, b in zip(model.parameters(), raw_last))
+
+
+def test_ema_model_batch_norm_statistics_fit_its_own_weights() -> None:
+    """The averaged model's batch-norm statistics are re-estimated: in eval mode it makes
+    (nearly) what it makes in train mode on a large batch; stale statistics do not."""
+    patches = sample_patches(PYPI_DATASETS["grey"].load(), 64, 32, np.random.default_rng(0), "train")
+    model, _ = G.train("dcgan", patches, seed=0, iters=8, width=16, batch=8, ema=0.9)
+    z = G.latent("dcgan", 1024, torch.Generator().manual_seed(5), torch.device("cpu"))
+
+    def gap(m: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float((m.eval()(z) - m.train()(z)).abs().mean())
+
+    stale = G.make_model("dcgan", 16)
+    stale.load_state_dict(model.state_dict())
+    for m in stale.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+    assert gap(model) < 0.02 and gap(model) < 0.25 * gap(stale)

@@ -119,6 +119,29 @@ class PoseAttributor(SoftmaxAttributor):
         return pose_cross_entropy(logits, labels, float(self.config["temperature"]))
 
     # ------------------------------------------------------------------ training
+    def augnet_weights(self) -> dict[str, float]:
+        """The weight of each term of the augmentation models' loss L_A."""
+        return {"mse": 1.0, "close_known": float(self.config["w_close"]), "div": float(self.config["w_div"])}
+
+    def augnet_terms(self, aug: nn.Module, x: torch.Tensor, previous: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """The unweighted terms of L_A for augmentation model ``aug`` on pixels ``x``:
+        ``mse`` (reconstruction, clamped below at ``mse_lowbound``), ``close_known``
+        (1 - mean cosine of f(x) and f(aug(x)), clamped below at 1 - ``known_sim``) and,
+        given an earlier model ``previous``, ``div`` (mean cosine of f(aug(x)) and
+        f(previous(x)), to be made small)."""
+        x_aug = aug(x)
+        f_aug = self.features(x_aug)
+        cos = F.cosine_similarity(self.features(x), f_aug, dim=1, eps=1e-6).mean()
+        terms = {
+            "mse": torch.clamp(F.mse_loss(x_aug, x), min=float(self.config["mse_lowbound"])),
+            "close_known": torch.clamp(1 - cos, min=1 - float(self.config["known_sim"])),
+        }
+        if previous is not None:
+            with torch.no_grad():
+                f_pre = self.features(previous(x))
+            terms["div"] = F.cosine_similarity(f_aug, f_pre, dim=1, eps=1e-6).mean()
+        return terms
+
     def train_epoch(self, epoch: int, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
                     opts: dict[str, torch.optim.Optimizer], scheds: dict[str, Any]) -> Iterator[dict[str, float]]:
         if self.config["variant"] == "base":
@@ -140,22 +163,10 @@ class PoseAttributor(SoftmaxAttributor):
                 _set_grad(m, False)
             _set_grad(aug, True)
             opt_a.zero_grad(set_to_none=True)
-            x_aug = aug(x)
-            loss_a = torch.clamp(F.mse_loss(x_aug, x), min=float(cfg["mse_lowbound"]))
-            losses["loss_mse"] = loss_a.item()
-            f_aug = self.features(x_aug)
-            f_in = self.features(x)
-            cos = F.cosine_similarity(f_in, f_aug, dim=1, eps=1e-6).mean()
-            close = torch.clamp(1 - cos, min=1 - float(cfg["known_sim"]))
-            losses["loss_close_known"] = close.item()
-            loss_a = loss_a + float(cfg["w_close"]) * close
-            if diversity and earlier:
-                j = int(torch.randint(len(earlier), ()).item())
-                with torch.no_grad():
-                    x_pre = earlier[j](x)
-                div = F.cosine_similarity(f_aug, self.features(x_pre), dim=1, eps=1e-6).mean()
-                losses["loss_div"] = div.item()
-                loss_a = loss_a + float(cfg["w_div"]) * div
+            previous = earlier[int(torch.randint(len(earlier), ()).item())] if diversity and earlier else None
+            terms = self.augnet_terms(aug, x, previous)
+            losses.update({f"loss_{k}": v.item() for k, v in terms.items()})
+            loss_a = sum(self.augnet_weights()[k] * v for k, v in terms.items())
             loss_a.backward()
             opt_a.step()
             sched_a.step()

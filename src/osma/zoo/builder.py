@@ -110,6 +110,8 @@ def _gen_config(spec: ZooSpec, g: GeneratorSpec, seed: int) -> dict:
         cfg |= {"batch": spec.batch, "lr": spec.lr, "train_patches": spec.train_patches, "torch_seed": _stream(seed, "train", g.seed)}
     if g.arch == "ddpm":
         cfg["ddpm_steps"] = spec.ddpm_steps
+    if g.arch != "face" and spec.ema > 0:  # only when set, so existing zoos keep their cache keys
+        cfg["ema"] = spec.ema
     return cfg
 
 
@@ -166,7 +168,8 @@ def _train_generator(spec: ZooSpec, g: GeneratorSpec, out: Path, seed: int, devi
                 bar.set_postfix(loss=f"{loss:.3f}")
 
         model, log = G.train(
-            g.arch, patches, seed=cfg["torch_seed"], iters=g.iters, width=g.width, batch=spec.batch, lr=spec.lr, device=dev, progress=tick
+            g.arch, patches, seed=cfg["torch_seed"], iters=g.iters, width=g.width, batch=spec.batch, lr=spec.lr, device=dev, progress=tick,
+            ema=spec.ema,
         )
         bar.close()
         if g.arch == "ddpm":

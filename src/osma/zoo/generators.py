@@ -18,9 +18,10 @@ are small (well under 1M parameters) so that a whole zoo trains on two CPU cores
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -277,15 +278,27 @@ def train(
     lr: float = 2e-4,
     device: torch.device | str = "cpu",
     progress: Callable[[int, float], None] | None = None,
+    ema: float = 0.0,
+    checkpoints: Sequence[int] = (),
+    on_checkpoint: Callable[[int, dict[str, nn.Module]], None] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train ``arch`` on uint8 patches (N, 32, 32, 3); return the model and its training log.
 
     Deterministic for a given seed on a given device: model initialisation, batch order
     and noise all come from generators seeded with ``seed``.
+
+    ``ema`` > 0 keeps an exponential moving average of the weights (decay ``ema``, warmed
+    up as ``min(ema, (1 + t) / (10 + t))``), as ProGAN / StyleGAN sample from, and returns
+    it instead of the last weights, its batch-norm statistics re-estimated for the averaged
+    weights. ``on_checkpoint(t, {"raw": ..., "ema": ...})`` is called after each iteration
+    count ``t`` in ``checkpoints`` with eval-mode copies ready to sample ("ema" only when
+    ``ema`` > 0); training goes on unchanged afterwards.
     """
     device = torch.device(device)
     torch.manual_seed(seed)
     model = make_model(arch, width).to(device)
+    avg = copy.deepcopy(model) if ema > 0 else None
+    marks = set(checkpoints)
     kind = ARCHS[arch][1]
     data = torch.from_numpy(patches).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(device)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -320,11 +333,20 @@ def train(
             loss.backward()
             opt.step()
             cur = [float(loss.detach())]
+        if avg is not None:
+            _ema_update(avg, model, min(ema, (2 + it) / (11 + it)))
         if it % max(1, iters // 50) == 0 or it == iters - 1:
             losses.append([it, *cur])
         if progress is not None:
             progress(it, cur[-1])
+        if on_checkpoint is not None and it + 1 in marks:
+            snap = {"raw": copy.deepcopy(model).eval()}
+            if avg is not None:
+                snap["ema"] = _recalibrated(arch, avg, seed, device)
+            on_checkpoint(it + 1, snap)
     model.eval()
+    if avg is not None:
+        model = _recalibrated(arch, avg, seed, device)
     names = ["iteration", "d_loss", "g_loss"] if kind == "gan" else ["iteration", "loss"]
     log = {
         "iterations": iters,
@@ -333,8 +355,37 @@ def train(
         "losses": losses,
         "train_seconds": round(time.time() - t0, 2),
         "parameters": generator_params(arch, model),
+        "ema": ema,
     }
     return model, log
+
+
+@torch.no_grad()
+def _ema_update(avg: nn.Module, model: nn.Module, decay: float) -> None:
+    for pa, pm in zip(avg.parameters(), model.parameters()):
+        pa.lerp_(pm, 1.0 - decay)
+
+
+@torch.no_grad()
+def _recalibrated(arch: str, avg: nn.Module, seed: int, device: torch.device, batches: int = 20, batch: int = 64) -> nn.Module:
+    """An eval-mode copy of the averaged model whose batch-norm statistics match its weights.
+
+    The running statistics were collected for the raw weights, not the averaged ones, so
+    they are re-estimated (cumulative average) from ``batches`` batches of the model's own
+    latent input, drawn from a fixed stream.
+    """
+    out = copy.deepcopy(avg)
+    sampler = out.dec if arch == "vae" else out  # the VAE encoder keeps its statistics
+    norms = [m for m in sampler.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if norms:  # DDPM (group norm) needs nothing, and its forward is a whole sampling run
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        sampler.train()
+        gen = torch.Generator().manual_seed(seed + 3)
+        for _ in range(batches):
+            out(latent(arch, batch, gen, device))
+    return out.eval()
 
 
 # ---------------------------------------------------------------------------- pretrained face DCGAN

@@ -53,6 +53,7 @@ class ZooSpec:
     iters: dict[str, int] = field(default_factory=dict)  # arch -> iterations
     widths: dict[str, int] = field(default_factory=dict)  # arch -> base width
     ddpm_steps: int = 25
+    ema: float = 0.0  # > 0: sample from an exponential moving average of the weights (decay)
 
     # ------------------------------------------------------------------ generators
     def primary(self, arch: str) -> str:
