@@ -36,7 +36,7 @@ zoo-deps:
 	else echo "apt-get not available: install the Debian photo packages by hand or use --real-dir"; fi
 
 zoo-mini: install zoo-deps
-	$(OSMA) zoo build --preset mini --out runs/zoo-mini
+	$(OSMA) zoo build --preset mini --out runs/zoo-mini --jobs 2
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -32,8 +32,11 @@ $PY bench/methods.py "$ZOO" --splits split1,split2 --methods pose "${COMMON[@]}"
     --option w_div=1 --out runs/bench-mini-wdiv1
 $PY bench/methods.py "$ZOO" --splits split1,split2 --methods pose-am,pose "${COMMON[@]}" \
     --option mse_lowbound=0.02 --out runs/bench-mini-lowbound
+# run-to-run noise: the same two variants with another seed
+$PY bench/methods.py "$ZOO" --splits split1,split2 --methods pose-am,pose "${COMMON[@]}" \
+    --seed 1 --out runs/bench-mini-seed1
 $PY bench/pose_augnets.py "$ZOO" split1 runs/bench-mini/runs/split1/pose-am runs/bench-mini/runs/split1/pose \
-    runs/bench-mini-div/runs/split1/pose runs/bench-mini-wdiv1/runs/split1/pose \
+    runs/bench-mini-wdiv1/runs/split1/pose \
     runs/bench-mini-lowbound/runs/split1/pose-am runs/bench-mini-lowbound/runs/split1/pose
 fi
 
