@@ -55,4 +55,7 @@ $PY bench/methods.py "$ZOO" --splits split1,split2 --methods metric "${COMMON[@]
     --option pretrain_epochs=5 --out runs/bench-mini-metric-pretrain
 $PY bench/methods.py "$ZOO" --splits split1,split2 --methods metric "${COMMON[@]}" --epochs 6 \
     --option backbone=simple_cnn --option augment=none --option input=dct --out runs/bench-mini-metric-simplecnn
+# training length: the same simple_cnn variant for 30 epochs
+$PY bench/methods.py "$ZOO" --splits split1,split2 --methods metric "${COMMON[@]}" --epochs 30 \
+    --option backbone=simple_cnn --option augment=none --option input=dct --out runs/bench-mini-metric-simplecnn30
 fi
