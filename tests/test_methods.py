@@ -209,3 +209,14 @@ def test_pose_augnet_terms_match_their_definitions(toy, trained) -> None:  # noq
     for p in aug.parameters():
         p.requires_grad_(False)
         p.grad = None
+
+
+def test_centroid_distances_match_scipy() -> None:
+    from scipy.spatial.distance import cdist
+
+    from osma.methods.network import centroid_distances
+
+    rng = np.random.default_rng(0)
+    x, c = rng.normal(size=(7, 5)).astype(np.float32), rng.normal(size=(3, 5)).astype(np.float32)
+    np.testing.assert_allclose(centroid_distances(x, c), cdist(x.astype(np.float64), c.astype(np.float64)), atol=1e-9)
+    assert centroid_distances(c, c).diagonal().max() < 1e-6  # no NaN from rounding below zero

@@ -31,7 +31,7 @@ from torch import nn
 
 from osma.methods.base import Prediction
 from osma.methods.losses import ProxyNCAPP
-from osma.methods.network import NetworkAttributor, class_statistics
+from osma.methods.network import NetworkAttributor, centroid_distances, class_statistics
 
 #: the pretext task's processing chains (label = index)
 CHAINS: tuple[str, ...] = (
@@ -152,9 +152,7 @@ class MetricAttributor(NetworkAttributor):
         if self.centroids is None or self.sigmas is None:
             raise RuntimeError("metric attributor has no centroids: train it (or load a trained bundle) first")
         e = np.asarray(emb, np.float32).reshape(-1, int(self.config["embed_dim"]))
-        x = _l2(e).astype(np.float64)
-        c = self.centroids.double().numpy()
-        d = np.sqrt(np.maximum((x * x).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2 * x @ c.T, 0.0))
+        d = centroid_distances(_l2(e), self.centroids.numpy())
         cs = -d / self.sigmas.double().numpy()[None, :]
         pred = d.argmin(1)
         return Prediction(pred, cs[np.arange(len(e)), pred], cs, e)

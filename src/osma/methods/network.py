@@ -499,4 +499,11 @@ def class_statistics(emb: np.ndarray, labels: np.ndarray, n_classes: int) -> tup
     return cent.astype(np.float32), np.maximum(sig, 1e-12).astype(np.float32)
 
 
-__all__ = ["NetworkAttributor", "class_statistics", "read_bundle_json", "COMMON_DEFAULTS", "Prediction"]
+def centroid_distances(emb: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Euclidean distances (N, C), in float64, of embeddings (N, D) to centroids (C, D)."""
+    x = np.asarray(emb, np.float64)
+    c = np.asarray(centroids, np.float64)
+    return np.sqrt(np.maximum((x * x).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2 * x @ c.T, 0.0))
+
+
+__all__ = ["NetworkAttributor", "class_statistics", "centroid_distances", "read_bundle_json", "COMMON_DEFAULTS", "Prediction"]

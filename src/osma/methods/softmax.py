@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from osma.methods.base import Prediction
-from osma.methods.network import NetworkAttributor
+from osma.methods.network import NetworkAttributor, centroid_distances
 
 
 class SoftmaxAttributor(NetworkAttributor):
@@ -86,8 +86,7 @@ class SoftmaxAttributor(NetworkAttributor):
         score, pred, cs = score.cpu().numpy().astype(np.float64), pred.cpu().numpy(), cs.cpu().numpy().astype(np.float64)
         n_enrolled = len(self.classes) - self.n_train
         if n_enrolled > 0:
-            r, sig = self.centroids.numpy(), self.sigmas.numpy()
-            z = np.sqrt(((e[:, None, :] - r[None]) ** 2).sum(-1)) / sig[None]
+            z = centroid_distances(e, self.centroids.numpy()) / self.sigmas.double().numpy()[None]
             near = z.argmin(1)
             new = near >= self.n_train
             pred = np.where(new, near, pred)
