@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from osma.data import UNKNOWN_GROUPS, load_split
 from osma.images import center_crop, load_images
 from osma.metrics import auroc, closed_set_accuracy
+from osma.models import to_pixels
 from osma.runtime import resolve_device, seed_everything
 
 
@@ -31,7 +32,7 @@ def _tensor(samples: list, size: int) -> torch.Tensor:
     if failed:
         raise SystemExit(f"{len(failed)} images could not be read, e.g. {failed[0][0]}: {failed[0][1]}")
     arr = np.stack([center_crop(im, size) for im in imgs])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    return to_pixels(torch.from_numpy(arr).permute(0, 3, 1, 2))
 
 
 class SmallCNN(nn.Module):

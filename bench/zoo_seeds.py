@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from osma.metrics import auroc, closed_set_accuracy
+from osma.models import to_pixels
 from osma.runtime import resolve_device, seed_everything
 from osma.zoo import generators as G
 from osma.zoo.builder import _photos, _train_patches
@@ -33,7 +34,7 @@ from zoo_sanity import _softmax, fit_cnn
 
 
 def _t(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(a).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    return to_pixels(torch.from_numpy(a).permute(0, 3, 1, 2))
 
 
 def main() -> None:
