@@ -58,4 +58,12 @@ $PY bench/methods.py "$ZOO" --splits split1,split2 --methods metric "${COMMON[@]
 # training length: the same simple_cnn variant for 30 epochs
 $PY bench/methods.py "$ZOO" --splits split1,split2 --methods metric "${COMMON[@]}" --epochs 30 \
     --option backbone=simple_cnn --option augment=none --option input=dct --out runs/bench-mini-metric-simplecnn30
+# ... and softmax and pose-base for the same 30 epochs (a fair length comparison)
+$PY bench/methods.py "$ZOO" --splits split1,split2 --methods softmax,pose-base "${COMMON[@]}" --epochs 30 \
+    --out runs/bench-mini-len30
+# scoring separated from training: every score on the same trained networks
+for s in split1 split2; do
+    $PY bench/scores.py "$ZOO" runs/bench-mini-len30/runs/$s/softmax runs/bench-mini-len30/runs/$s/pose-base \
+        runs/bench-mini-metric-simplecnn30/runs/$s/metric runs/bench-mini/runs/$s/metric --split $s
+done
 fi
