@@ -17,6 +17,8 @@ Scores (higher = more likely known):
                embeddings, centroids and sigmas from the training images
   cent-d       -d(h(x), r_i), the same without the division by sigma_i
   knn          -distance to the k-th nearest training embedding (L2-normalised), any class
+  sub-d/s      Fang et al.'s rule with ``--sub`` references per class instead of one: k-means
+               sub-centroids of each class's training embeddings, each with its own sigma
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ def _l2(e: np.ndarray) -> np.ndarray:
     return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
 
 
-def score_table(att, e_train: np.ndarray, y_train: np.ndarray, e: np.ndarray, k: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:  # noqa: ANN001
+def score_table(att, e_train: np.ndarray, y_train: np.ndarray, e: np.ndarray, k: int,  # noqa: ANN001
+                sub: int = 3) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every score of the module docstring for embeddings ``e``: name -> (prediction, score)."""
     import torch
     from sklearn.neighbors import NearestNeighbors
@@ -64,6 +67,16 @@ def score_table(att, e_train: np.ndarray, y_train: np.ndarray, e: np.ndarray, k:
     nn = NearestNeighbors(n_neighbors=k).fit(tr)
     dist, idx = nn.kneighbors(x)
     out["knn"] = (y_train[idx[:, 0]], -dist[:, -1])
+    if sub > 1:
+        from sklearn.cluster import KMeans
+
+        sub_label = np.zeros(len(tr), np.int64)  # class c, cluster j -> c * sub + j
+        for c in range(att.n_train):
+            sub_label[y_train == c] = c * sub + KMeans(sub, n_init=4, random_state=0).fit_predict(tr[y_train == c])
+        refs, ref_sig = class_statistics(tr, sub_label, att.n_train * sub)
+        ref_cls = np.arange(att.n_train * sub) // sub
+        zs = centroid_distances(x, refs) / ref_sig[None, :]
+        out[f"sub{sub}-d/s"] = (ref_cls[zs.argmin(1)], -zs.min(1))
     return out
 
 
@@ -74,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--split", default="split1")
     ap.add_argument("--k", type=int, default=10, help="k of the knn score")
+    ap.add_argument("--sub", type=int, default=3, help="references per class of the sub-d/s score")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
 
@@ -103,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             e_un.append(e)
             g_un += [g] * len(s)
         e_un, g_un = np.concatenate(e_un), np.array(g_un)
-        known, unknown = score_table(att, e_tr, y_tr, e_te, args.k), score_table(att, e_tr, y_tr, e_un, args.k)
+        known, unknown = (score_table(att, e_tr, y_tr, e_te, args.k, args.sub),
+                          score_table(att, e_tr, y_tr, e_un, args.k, args.sub))
 
         print(f"\n{model.method} {att.config.get('backbone')} ({run}), {args.split}: "
               f"{len(y_tr)} train / {len(y_te)} known test / {len(g_un)} unknown test images, {time.time() - t0:.0f} s")

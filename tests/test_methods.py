@@ -92,6 +92,46 @@ def test_metric_centroids_match_training_embeddings(toy, trained) -> None:  # no
     np.testing.assert_allclose(p.score, -d.min(1) / att.sigmas.numpy()[d.argmin(1)], rtol=1e-4)
 
 
+
+def test_metric_knn_score_against_sklearn(toy, trained, tmp_path: Path) -> None:  # noqa: ANN001
+    """score="knn": minus the distance to each class's k-th nearest normalised training
+    embedding, checked against scikit-learn; kept through a bundle round trip; enrolled
+    sources become references too (k clipped to their size)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    _, sp, test, y = toy
+    att = methods.load_attributor(trained["metric"][1], device="cpu")  # a private copy
+    att.config.update(score="knn", knn_k=3)
+    emb, labels = att.embed_loader(att.loader(sp.train, train=False))
+    att.finalize(emb, labels)
+    e_test = att.embed_arrays(test)
+    p = att.predict_embeddings(e_test)
+
+    def unit(a: np.ndarray) -> np.ndarray:
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    tr, te = unit(emb.astype(np.float64)), unit(e_test.astype(np.float64))
+    ref = np.stack([-NearestNeighbors(n_neighbors=3).fit(tr[labels == c]).kneighbors(te)[0][:, -1]
+                    for c in range(4)], axis=1)
+    np.testing.assert_allclose(p.class_scores, ref, atol=1e-5)
+    np.testing.assert_array_equal(p.pred, ref.argmax(1))
+    np.testing.assert_allclose(p.score, ref.max(1), atol=1e-5)
+    assert (p.pred == y).mean() > 0.5
+
+    att.save(tmp_path)
+    assert json.loads((tmp_path / "model.json").read_text())["config"]["score"] == "knn"
+    back = methods.load_attributor(tmp_path, device="cpu")
+    np.testing.assert_array_equal(back.predict_embeddings(e_test).score, p.score)
+
+    new = back.embed_arrays([load_image(s.path) for s in sp.test_out["arch"][:3]])
+    back.enroll("gan_d", new[:2])  # 2 references < knn_k = 3: the 2nd nearest is used
+    assert int((back.reference_labels == 4).sum()) == 2 and back.enrolled == {"gan_d": 2}
+    q = back.predict_embeddings(new[2:])
+    d = np.linalg.norm(unit(new[2:].astype(np.float64))[:, None] - unit(new[:2].astype(np.float64))[None], axis=2)
+    np.testing.assert_allclose(q.class_scores[:, 4], -d.max(1), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown score"):
+        methods.create_method("metric", sp.known_classes, score="mahalanobis")
+
 # Each method's small toy embedding separates a different unknown generator from the known
 # ones (the others land on a known source's cluster, where no embedding-space reference can
 # split them): enroll the one the method can tell apart.

@@ -30,15 +30,18 @@ def _ok(args: list[str]) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["softmax", "pose", "metric"])
-def test_train_evaluate_attribute_on_tiny_zoo(tiny_zoo: Path, tmp_path: Path, method: str) -> None:
+@pytest.mark.parametrize(("method", "extra"), [("softmax", []), ("pose", []), ("metric", []),
+                                               ("metric", ["--score", "knn"])])
+def test_train_evaluate_attribute_on_tiny_zoo(tiny_zoo: Path, tmp_path: Path, method: str, extra: list[str]) -> None:
     split = load_split(tiny_zoo, "split1")
     assert set(split.unknown_classes) == {"seed", "arch", "dataset"}
     assert all(split.test_out[g] for g in ("seed", "arch", "dataset"))
     run = tmp_path / method
-    _ok(["train", "--data", str(tiny_zoo), "--split", "split1", "--method", method, "--out", str(run), *FAST])
+    _ok(["train", "--data", str(tiny_zoo), "--split", "split1", "--method", method, "--out", str(run), *FAST, *extra])
     doc = json.loads((run / "model.json").read_text())
     assert doc["method"] == method and doc["classes"] == split.known_classes
+    if extra:
+        assert doc["config"]["score"] == "knn"
 
     # the bundle reloads to identical predictions
     imgs = [load_image(s.path) for s in split.test[:6] + split.test_out["arch"][:6]]

@@ -27,6 +27,8 @@ def train_cmd(
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of the network."),
     variant: Optional[str] = typer.Option(None, "--variant", help="pose only: base, am or full."),
     pretrain_epochs: Optional[int] = typer.Option(None, "--pretrain-epochs", help="metric only: forensic pretraining epochs."),
+    score: Optional[str] = typer.Option(
+        None, "--score", help="Knownness score: softmax/pose msp or max_logit; metric centroid (Fang et al.) or knn."),
     root: Optional[Path] = typer.Option(None, "--root", help="Data root the image paths resolve against."),
     workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -43,6 +45,8 @@ def train_cmd(
         if method != "metric":
             raise typer.BadParameter("--pretrain-epochs applies to --method metric only", param_hint="--pretrain-epochs")
         opts["pretrain_epochs"] = pretrain_epochs
+    if score is not None:
+        opts["score"] = score
     if resize is not None:
         opts["resize"] = resize
     if workers is not None:
