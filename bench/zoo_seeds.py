@@ -61,6 +61,8 @@ def main() -> None:
         for s in (0, 1):
             def keep(it: int, snaps: dict, arch: str = arch, s: int = s) -> None:
                 for kind, m in snaps.items():
+                    if hasattr(m, "sample_steps"):  # DDPM: sample as the zoo does
+                        m.sample_steps = spec.ddpm_steps
                     gen = torch.Generator().manual_seed(1000 + s)
                     images[kind, arch, s, it] = G.sample(arch, m, args.n, gen, device)
 

@@ -44,7 +44,9 @@ def test_end_to_end_bundle_reload_identical(toy, trained, name: str) -> None:  #
     att, out = trained[name]
     assert (out / "model.safetensors").is_file() and (out / "model.json").is_file()
     n = att.config["epochs"]
-    assert len(list((out / "checkpoints").glob("epoch_*.safetensors"))) == n
+    # a checkpoint every epoch, the newest keep_checkpoints (2) of them kept
+    kept = sorted(f.name for f in (out / "checkpoints").glob("epoch_*"))
+    assert kept == [f"epoch_{e:04d}.{x}" for e in (n - 1, n) for x in ("json", "safetensors")]
     log = [json.loads(ln) for ln in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == list(range(1, n + 1))
     doc = json.loads((out / "model.json").read_text())
@@ -183,8 +185,12 @@ def test_resume_is_exact(toy, tmp_path: Path, name: str) -> None:  # noqa: ANN00
     opts = dict(SMALL)
     if name == "metric":
         opts["pretrain_epochs"] = 1  # also covers resuming across the pretraining stage
+    if name == "softmax":
+        opts["keep_checkpoints"] = 1  # resume needs only the newest checkpoint
     methods.train(data, "split1", name, tmp_path / "straight", epochs=2, **opts)
     _check_resume(data, name, tmp_path / "straight", tmp_path / "split", opts)
+    n_kept = len(list((tmp_path / "split" / "checkpoints").glob("epoch_*.safetensors")))
+    assert n_kept == (1 if name == "softmax" else 2)
 
 
 def test_pose_variants_resume_and_augmentation_embeddings(toy, trained, tmp_path: Path) -> None:  # noqa: ANN001

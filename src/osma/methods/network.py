@@ -47,6 +47,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "workers": None,
     "cache_limit": 100_000,
     "precise_bn": True,
+    "keep_checkpoints": 2,  # epoch checkpoints kept (newest first); 0 keeps all
 }
 
 
@@ -375,6 +376,11 @@ class NetworkAttributor(Attributor):
         }
         save_state(state, stem)
         (stem.parent / "config.json").write_text(json.dumps(self.config, indent=2) + "\n", encoding="utf-8")
+        keep = int(self.config["keep_checkpoints"])
+        if keep > 0:  # a checkpoint holds weights + optimiser state: 30 epochs of them are GBs
+            for old in sorted(stem.parent.glob("epoch_*.json"))[:-keep]:
+                old.with_suffix(".safetensors").unlink(missing_ok=True)
+                old.unlink()
 
     def _load_checkpoint(self, stem: Path, opts: dict, scheds: dict) -> int:
         state = load_state(stem)
