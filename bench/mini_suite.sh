@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 ZOO=${ZOO:-runs/zoo-mini/data_list.yaml}
 COMMON=(--epochs 6 --option batches_per_epoch=20 --no-plots)
-STEPS=${*:-1 2 3 4 5}
+STEPS=${*:-1 2 3 4 5 6}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 
 # 1. every method on every split (metric's MISLNet epochs are cheap: 30 of them)
@@ -61,9 +61,33 @@ $PY bench/methods.py "$ZOO" --splits split1,split2 --methods metric "${COMMON[@]
 # ... and softmax and pose-base for the same 30 epochs (a fair length comparison)
 $PY bench/methods.py "$ZOO" --splits split1,split2 --methods softmax,pose-base "${COMMON[@]}" --epochs 30 \
     --out runs/bench-mini-len30
-# scoring separated from training: every score on the same trained networks
+# the ProxyNCA++ temperature T = 1 / proxy_scale^2 (default scale 3, T = 1/9), and the crop
+for sc in 1 2; do
+    $PY bench/methods.py "$ZOO" --splits split1,split2 --methods metric "${COMMON[@]}" --epochs 30 \
+        --option backbone=simple_cnn --option augment=none --option input=dct --option proxy_scale=$sc \
+        --out runs/bench-mini-metric-simplecnn30-s$sc
+done
+$PY bench/methods.py "$ZOO" --splits split1,split2 --methods metric "${COMMON[@]}" --epochs 30 \
+    --option proxy_scale=1 --out runs/bench-mini-metric-s1
+$PY bench/methods.py "$ZOO" --splits split1,split2 --methods metric "${COMMON[@]}" --epochs 30 \
+    --option backbone=simple_cnn --option augment=none --option input=dct --option proxy_scale=1 --option crop=24 \
+    --out runs/bench-mini-metric-simplecnn30-s1-crop24
+# scoring separated from training: every score on the same trained networks (mini_scores.txt)
 for s in split1 split2; do
     $PY bench/scores.py "$ZOO" runs/bench-mini-len30/runs/$s/softmax runs/bench-mini-len30/runs/$s/pose-base \
-        runs/bench-mini-metric-simplecnn30/runs/$s/metric runs/bench-mini/runs/$s/metric --split $s
+        runs/bench-mini-metric-simplecnn30/runs/$s/metric runs/bench-mini/runs/$s/metric \
+        runs/bench-mini-metric-simplecnn30-s1/runs/$s/metric runs/bench-mini-metric-s1/runs/$s/metric --split $s
 done
+fi
+
+# 6. what the step-5 findings give on all five splits: metric with score=knn (paper recipe,
+#    then simple_cnn / DCT / T = 1 with centroids and with knn), softmax for the same 30 epochs
+if want 6; then
+ALL=(--splits split1,split2,split3,split4,split5 --methods)
+$PY bench/methods.py "$ZOO" "${ALL[@]}" metric "${COMMON[@]}" --epochs 30 --option score=knn --out runs/bench-mini-metric-knn
+BEST=(--option backbone=simple_cnn --option augment=none --option input=dct --option proxy_scale=1)
+$PY bench/methods.py "$ZOO" "${ALL[@]}" metric "${COMMON[@]}" --epochs 30 "${BEST[@]}" --option score=knn \
+    --out runs/bench-mini-metric-best-knn
+$PY bench/methods.py "$ZOO" "${ALL[@]}" metric "${COMMON[@]}" --epochs 30 "${BEST[@]}" --out runs/bench-mini-metric-best
+$PY bench/methods.py "$ZOO" "${ALL[@]}" softmax "${COMMON[@]}" --epochs 30 --out runs/bench-mini-len30
 fi

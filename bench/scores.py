@@ -72,9 +72,13 @@ def score_table(att, e_train: np.ndarray, y_train: np.ndarray, e: np.ndarray, k:
 
         sub_label = np.zeros(len(tr), np.int64)  # class c, cluster j -> c * sub + j
         for c in range(att.n_train):
-            sub_label[y_train == c] = c * sub + KMeans(sub, n_init=4, random_state=0).fit_predict(tr[y_train == c])
-        refs, ref_sig = class_statistics(tr, sub_label, att.n_train * sub)
-        ref_cls = np.arange(att.n_train * sub) // sub
+            lab = KMeans(sub, n_init=4, random_state=0).fit_predict(tr[y_train == c])
+            n = np.bincount(lab, minlength=sub)
+            lab[n[lab] < 2] = n.argmax()  # a lone outlier cannot have a spread: join the largest
+            sub_label[y_train == c] = c * sub + lab
+        used = np.unique(sub_label)
+        refs, ref_sig = class_statistics(tr, np.searchsorted(used, sub_label), len(used))
+        ref_cls = used // sub
         zs = centroid_distances(x, refs) / ref_sig[None, :]
         out[f"sub{sub}-d/s"] = (ref_cls[zs.argmin(1)], -zs.min(1))
     return out
