@@ -29,17 +29,13 @@ import time
 import numpy as np
 
 
-def _l2(e: np.ndarray) -> np.ndarray:
-    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-
-
 def score_table(att, e_train: np.ndarray, y_train: np.ndarray, e: np.ndarray, k: int,  # noqa: ANN001
                 sub: int = 3) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every score of the module docstring for embeddings ``e``: name -> (prediction, score)."""
     import torch
     from sklearn.neighbors import NearestNeighbors
 
-    from osma.methods.network import centroid_distances, class_statistics
+    from osma.methods.network import centroid_distances, class_statistics, l2_normalize
 
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     own = att.predict_embeddings(e)
@@ -58,7 +54,7 @@ def score_table(att, e_train: np.ndarray, y_train: np.ndarray, e: np.ndarray, k:
         p /= p.sum(1, keepdims=True)
         out["msp"] = (p.argmax(1), p.max(1))
         out["maxlogit"] = (lg.argmax(1), lg.max(1))
-    tr, x = _l2(e_train.astype(np.float64)), _l2(e.astype(np.float64))
+    tr, x = l2_normalize(e_train), l2_normalize(e)
     cent, sig = class_statistics(tr, y_train, att.n_train)
     d = centroid_distances(x, cent)
     z = d / sig[None, :]
@@ -121,16 +117,17 @@ def main(argv: list[str] | None = None) -> int:
             e_un.append(e)
             g_un += [g] * len(s)
         e_un, g_un = np.concatenate(e_un), np.array(g_un)
-        known, unknown = (score_table(att, e_tr, y_tr, e_te, args.k, args.sub),
-                          score_table(att, e_tr, y_tr, e_un, args.k, args.sub))
+        # one call: the training-side fits (centroids, k-means, kNN index) are made once
+        both = score_table(att, e_tr, y_tr, np.concatenate([e_te, e_un]), args.k, args.sub)
+        n_te = len(y_te)
 
         print(f"\n{model.method} {att.config.get('backbone')} ({run}), {args.split}: "
               f"{len(y_tr)} train / {len(y_te)} known test / {len(g_un)} unknown test images, {time.time() - t0:.0f} s")
         cols = ["score", "Acc", *[f"AUROC {g}" for g in groups], "AUROC all"]
         print("| " + " | ".join(cols) + " |")
         print("|---|" + "---:|" * (len(cols) - 1))
-        for name, (pred, s_known) in known.items():
-            s_unk = unknown[name][1]
+        for name, (pred_all, s_all) in both.items():
+            pred, s_known, s_unk = pred_all[:n_te], s_all[:n_te], s_all[n_te:]
             aur = [metrics.auroc(s_known, s_unk[g_un == g]) for g in groups] + [metrics.auroc(s_known, s_unk)]
             acc = metrics.closed_set_accuracy(y_te, pred)
             print(f"| {name} | {100 * acc:.1f} | " + " | ".join(f"{100 * a:.1f}" for a in aur) + " |")

@@ -94,7 +94,6 @@ def test_metric_centroids_match_training_embeddings(toy, trained) -> None:  # no
     np.testing.assert_allclose(p.score, -d.min(1) / att.sigmas.numpy()[d.argmin(1)], rtol=1e-4)
 
 
-
 def test_metric_knn_score_against_sklearn(toy, trained, tmp_path: Path) -> None:  # noqa: ANN001
     """score="knn": minus the distance to each class's k-th nearest normalised training
     embedding, checked against scikit-learn; kept through a bundle round trip; enrolled
@@ -133,6 +132,7 @@ def test_metric_knn_score_against_sklearn(toy, trained, tmp_path: Path) -> None:
     np.testing.assert_allclose(q.class_scores[:, 4], -d.max(1), atol=1e-5)
     with pytest.raises(ValueError, match="unknown score"):
         methods.create_method("metric", sp.known_classes, score="mahalanobis")
+
 
 # Each method's small toy embedding separates a different unknown generator from the known
 # ones (the others land on a known source's cluster, where no embedding-space reference can

@@ -39,7 +39,7 @@ from torch import nn
 
 from osma.methods.base import Prediction
 from osma.methods.losses import ProxyNCAPP
-from osma.methods.network import NetworkAttributor, centroid_distances, class_statistics
+from osma.methods.network import NetworkAttributor, centroid_distances, class_statistics, l2_normalize
 
 #: the pretext task's processing chains (label = index)
 CHAINS: tuple[str, ...] = (
@@ -162,10 +162,11 @@ class MetricAttributor(NetworkAttributor):
     def finalize(self, emb: np.ndarray, labels: np.ndarray) -> None:
         """Centroids and spreads of the L2-normalised training embeddings (and, for
         ``score="knn"``, the embeddings themselves as references)."""
-        cent, sig = class_statistics(_l2(emb), labels, self.n_train)
+        unit = l2_normalize(emb)
+        cent, sig = class_statistics(unit, labels, self.n_train)
         self.centroids, self.sigmas = torch.from_numpy(cent), torch.from_numpy(sig)
         if self.config["score"] == "knn":
-            self.references = torch.from_numpy(_l2(emb).astype(np.float32))
+            self.references = torch.from_numpy(unit.astype(np.float32))
             self.reference_labels = torch.from_numpy(np.asarray(labels, np.int64))
 
     def buffers(self) -> dict[str, torch.Tensor]:
@@ -186,10 +187,10 @@ class MetricAttributor(NetworkAttributor):
             raise RuntimeError("metric attributor has no centroids: train it (or load a trained bundle) first")
         e = np.asarray(emb, np.float32).reshape(-1, int(self.config["embed_dim"]))
         if self.config["score"] == "knn":
-            cs = self._knn_scores(_l2(e))
+            cs = self._knn_scores(l2_normalize(e))
             pred = cs.argmax(1)
             return Prediction(pred, cs[np.arange(len(e)), pred], cs, e)
-        d = centroid_distances(_l2(e), self.centroids.numpy())
+        d = centroid_distances(l2_normalize(e), self.centroids.numpy())
         cs = -d / self.sigmas.double().numpy()[None, :]
         pred = d.argmin(1)
         return Prediction(pred, cs[np.arange(len(e)), pred], cs, e)
@@ -213,7 +214,7 @@ class MetricAttributor(NetworkAttributor):
     def enroll(self, name: str, emb: np.ndarray) -> None:
         """A new centroid and spread from the new source's (normalised) embeddings; with
         ``score="knn"`` its embeddings also become its references."""
-        e = _l2(self._check_enroll(name, emb))
+        e = l2_normalize(self._check_enroll(name, emb))
         if self.config["score"] == "knn":
             if self.references is None or self.reference_labels is None:
                 raise ValueError(f"enroll {name!r}: the model has no kNN references (train or load it first)")
@@ -221,8 +222,3 @@ class MetricAttributor(NetworkAttributor):
             new = torch.full((len(e),), len(self.classes), dtype=torch.int64)
             self.reference_labels = torch.cat([self.reference_labels, new])
         self._add_reference(name, e)
-
-
-def _l2(e: np.ndarray) -> np.ndarray:
-    e = np.asarray(e, np.float64)
-    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)

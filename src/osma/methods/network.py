@@ -512,4 +512,10 @@ def centroid_distances(emb: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum((x * x).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2 * x @ c.T, 0.0))
 
 
-__all__ = ["NetworkAttributor", "class_statistics", "centroid_distances", "read_bundle_json", "COMMON_DEFAULTS", "Prediction"]
+def l2_normalize(emb: np.ndarray) -> np.ndarray:
+    """Rows of ``emb`` scaled to unit Euclidean norm, in float64 (zero rows stay zero)."""
+    e = np.asarray(emb, np.float64)
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+
+__all__ = ["NetworkAttributor", "class_statistics", "centroid_distances", "l2_normalize", "read_bundle_json", "COMMON_DEFAULTS", "Prediction"]
