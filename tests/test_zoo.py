@@ -96,6 +96,15 @@ def test_rebuild_is_byte_identical_and_resume_skips_work(micro: Path, tmp_path: 
     last = json.loads((root / "zoo.json").read_text())["last_build"]
     assert [n for n, s in last["generators"].items() if s == "trained"] == [victim]
     assert [n for n, s in last["classes"].items() if s == "written"] == ["real"]
+    # a class left by an older preset version is kept, named in build.log, and in no list
+    stale = root / "dataset" / "images" / "dcgan_old_s9"
+    stale.mkdir()
+    try:
+        build("micro", root, seed=0, device="cpu", progress=False)
+        assert "safe to delete): dcgan_old_s9" in (root / "build.log").read_text().splitlines()[-2]
+        assert "dcgan_old_s9" not in "".join(p.read_text() for p in root.glob("dataset/*/annotations/*.txt"))
+    finally:
+        stale.rmdir()
     # a fresh build in another directory gives byte-identical images and weights
     other = tmp_path / "again"
     build("micro", other, seed=0, device="cpu", progress=False)
@@ -178,6 +187,39 @@ def test_presets_are_complete() -> None:
     assert 20 <= len(mini.generators()) <= 30 and mini.seeds >= 3
     assert {g.arch for g in mini.generators()} >= {"dcgan", "nnconv", "bilinear", "pixshuffle", "vae", "ddpm", "face"}
     assert "split3" in describe("tiny")
+
+
+def test_mini_unseen_datasets_are_never_seen_in_training() -> None:
+    """As in the published benchmark: the unseen-dataset group's generators are trained on
+    photos that neither the real class nor any known generator of any split uses."""
+    mini = PRESETS["mini"]
+    assert mini.unseen_datasets and not set(mini.unseen_datasets) & set(mini.datasets)
+    data = {g.name: g.data for g in mini.generators()}
+    for name, s in mini.splits().items():
+        known_data = {data[c] for c in s["known_classes"] if c != "real"}
+        assert known_data <= set(mini.datasets), name
+        assert {data[c] for c in s["unknown_classes"]["dataset"]} <= set(mini.unseen_datasets), name
+        assert {data[c] for c in s["unknown_classes"]["seed"]} <= known_data, name  # seeds: same data
+    # a preset without unseen datasets keeps rotating its real datasets (tiny, micro)
+    tiny = PRESETS["tiny"]
+    assert not tiny.unseen_datasets and tiny.alternate("dcgan") == tiny.datasets[1]
+    assert "unseen datasets: plasma" in describe("mini") and "unseen datasets" not in describe("tiny")
+
+
+def test_plasma_photos_largest_file_and_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from osma.zoo import sources
+
+    monkeypatch.setattr(sources, "_PLASMA_ROOT", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="plasma-workspace-wallpapers"):
+        sources.real_dataset("plasma")
+    for i, name in enumerate(sources._PLASMA_PHOTOS):
+        d = tmp_path / name / "contents" / "images"
+        d.mkdir(parents=True)
+        Image.fromarray(np.full((40, 60, 3), i, np.uint8)).save(d / "60x40.png")
+        big = np.random.default_rng(i).integers(0, 256, (80, 120, 3), dtype=np.uint8)  # noise: the larger file
+        Image.fromarray(big).save(d / "120x80.png")
+    photos = sources.real_dataset("plasma").load()
+    assert len(photos) == len(sources._PLASMA_PHOTOS) and all(p.shape == (80, 120, 3) for p in photos)
 
 
 def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:

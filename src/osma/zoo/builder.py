@@ -389,6 +389,9 @@ def build(
             bar.update(1)
         bar.close()
     target = write_benchmark(out, spec.splits(), _lists(spec), data_path=DATA_PATH)
+    stale = sorted({p.name for p in (out / "dataset" / "images").iterdir() if p.is_dir()} - set(classes))
+    if stale:  # left by a build of an older preset version; kept (they cost training time), in no split
+        _log(out, f"not in preset {spec.name} (in no annotation file, safe to delete): {', '.join(stale)}")
     summary = {
         "preset": spec.to_dict(),
         "seed": seed,

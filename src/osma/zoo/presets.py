@@ -3,8 +3,13 @@
 Generator ``<arch>_<data>_s<seed>`` is architecture ``arch`` trained on real dataset
 ``data`` with training seed ``seed``. Each rotating architecture ``archs[i]`` has a
 *primary* dataset ``datasets[i % 3]`` (trained with seeds 0..seeds-1) and an *alternate*
-dataset ``datasets[(i + 1) % 3]`` (seed 0). ``extras`` are architectures that are never
-known (``face`` is the pretrained DCGAN).
+dataset (seed 0): ``unseen_datasets[i % len(unseen_datasets)]`` when the preset names
+unseen datasets, else ``datasets[(i + 1) % 3]``. ``extras`` are architectures that are
+never known (``face`` is the pretrained DCGAN).
+
+The ``real`` class is made of ``datasets`` only. Unseen datasets are, as in the published
+benchmark (whose unseen-dataset models are trained on LSUN categories that neither the
+real class nor any known model contains), photos that no split ever trains on.
 
 Split k (1..5) holds out architecture ``archs[(k - 1) % n]`` and uses known seed
 ``((k - 1) // n) % seeds``:
@@ -39,7 +44,7 @@ class ZooSpec:
 
     name: str
     description: str
-    datasets: tuple[str, str, str]
+    datasets: tuple[str, str, str]  # the real class, and the primary data of the architectures
     archs: tuple[str, ...]
     extras: tuple[tuple[str, str], ...]  # (arch, data); arch "face" = pretrained, data ignored
     seeds: int = 2
@@ -54,6 +59,7 @@ class ZooSpec:
     widths: dict[str, int] = field(default_factory=dict)  # arch -> base width
     ddpm_steps: int = 25
     ema: float = 0.0  # > 0: sample from an exponential moving average of the weights (decay)
+    unseen_datasets: tuple[str, ...] = ()  # alternate data only: never in the real class
 
     # ------------------------------------------------------------------ generators
     def primary(self, arch: str) -> str:
@@ -62,7 +68,10 @@ class ZooSpec:
 
     def alternate(self, arch: str) -> str:
         """The other dataset ``arch`` is trained on (seed 0) for the unseen-dataset group."""
-        return self.datasets[(self.archs.index(arch) + 1) % len(self.datasets)]
+        i = self.archs.index(arch)
+        if self.unseen_datasets:
+            return self.unseen_datasets[i % len(self.unseen_datasets)]
+        return self.datasets[(i + 1) % len(self.datasets)]
 
     def _gen(self, arch: str, data: str, seed: int) -> GeneratorSpec:
         if arch == "face":
@@ -141,11 +150,11 @@ PRESETS: dict[str, ZooSpec] = {
     ),
     "mini": ZooSpec(
         name="mini",
-        description="the real built-in benchmark: 22 generators, 1000/200/500 images per class "
+        description="the real built-in benchmark: 25 generators, 1000/200/500 images per class "
         "(needs `make zoo-deps` for the Debian photo packages)",
         datasets=("objects", "lomiri", "mate"),
-        archs=(*_GAN, "vae"),
-        extras=(("ddpm", "objects"), ("face", "")),
+        archs=(*_GAN, "vae", "ddpm"),
+        extras=(("face", ""),),
         seeds=3,
         n_train=1000,
         n_val=200,
@@ -156,6 +165,7 @@ PRESETS: dict[str, ZooSpec] = {
         iters={**{a: 3000 for a in _GAN}, "vae": 2000, "ddpm": 1200},
         widths={**{a: 64 for a in _GAN}, "vae": 64, "ddpm": 32},
         ema=0.999,  # sample from averaged weights: seeds of one architecture end up alike
+        unseen_datasets=("plasma",),
     ),
 }
 
@@ -167,6 +177,8 @@ def describe(preset: str) -> str:
     lines = [
         f"preset {spec.name}: {spec.description}",
         f"  real datasets: {', '.join(spec.datasets)}  (real class: held-out bands of all of them)",
+        *([f"  unseen datasets: {', '.join(spec.unseen_datasets)}  (unseen-dataset group only, never in the real class)"]
+          if spec.unseen_datasets else []),
         f"  images per class: {spec.n_train} train / {spec.n_val} val / {spec.n_test} test, {spec.size}x{spec.size} PNG",
         f"  generators ({len(gens)}):",
     ]

@@ -126,6 +126,29 @@ _DEBIAN_GLOBS: dict[str, tuple[str, str]] = {
 #: wallpapers in those packages that are renders / patterns, not photographs
 _NOT_PHOTOS = ("analogpattern_by_",)
 
+#: the photographs among plasma-workspace-wallpapers (the rest are renders and drawings);
+#: each ships at several resolutions, of which the largest is used
+_PLASMA_PHOTOS = (
+    "BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow",
+    "FallenLeaf", "Grey", "OneStandsOut", "Path", "summer_1am",
+)
+_PLASMA_ROOT = "/usr/share/wallpapers"
+
+
+def _plasma() -> RealDataset:
+    photos = {}
+    for name in _PLASMA_PHOTOS:
+        files = [f for f in glob.glob(f"{_PLASMA_ROOT}/{name}/contents/images/*") if f.lower().endswith(_EXTS)]
+        if files:
+            photos[f"plasma:{name}"] = _file(max(files, key=os.path.getsize))
+    if len(photos) < len(_PLASMA_PHOTOS):
+        missing = sorted(set(_PLASMA_PHOTOS) - {k.split(":", 1)[1] for k in photos})
+        raise FileNotFoundError(
+            f"real dataset 'plasma' needs {_PLASMA_ROOT}/<name>/contents/images/* for {', '.join(missing)} "
+            "(plasma-workspace-wallpapers); run `make zoo-deps` (apt) or pass --real-dir"
+        )
+    return RealDataset("plasma", "Plasma wallpapers (plasma-workspace-wallpapers): the 10 photographs among them", photos)
+
 
 def _folder(name: str, description: str, pattern: str, package: str) -> RealDataset:
     files = sorted(
@@ -142,12 +165,14 @@ def _folder(name: str, description: str, pattern: str, package: str) -> RealData
 
 
 def real_dataset(name: str, real_dir: str | Path | None = None) -> RealDataset:
-    """Resolve a dataset name: a PyPI set, a Debian set, or ``dir`` (the ``--real-dir`` folder)."""
+    """Resolve a dataset name: a PyPI set, a Debian set (``lomiri``, ``mate``, ``plasma``), or ``dir`` (the ``--real-dir`` folder)."""
     if name in PYPI_DATASETS:
         return PYPI_DATASETS[name]
     if name in _DEBIAN_GLOBS:
         desc, pattern = _DEBIAN_GLOBS[name]
         return _folder(name, desc, pattern, "a Debian package")
+    if name == "plasma":
+        return _plasma()
     if name == "dir":
         if real_dir is None:
             raise ValueError("real dataset 'dir' needs --real-dir")
