@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The runs behind the README's `mini` tables (resumable: finished runs are skipped).
-# Needs the mini zoo: `make zoo-mini` (about 40 min on 2 CPU cores with --jobs 2). Run
+# Needs the mini zoo: `make zoo-mini` (about 55 min on 2 CPU cores with --jobs 2). Run
 # nothing else CPU-heavy meanwhile: two torch processes on 2 cores slow each other ~10x.
-# Steps can be run alone: `bash bench/mini_suite.sh 3 4`.
+# Steps can be run alone: `bash bench/mini_suite.sh 3 4`. Tables are copied by hand from
+# runs/bench-mini*/table.md|json, printed output (steps 3-5) from stdout, to bench/results/.
+# Steps 1, 4 and 6 were last run on the current mini (v3, bench/results/mini_*); steps 2, 3
+# and 5 on the previous build (bench/results/mini-v2/, see its README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
