@@ -215,9 +215,11 @@ def test_plasma_photos_largest_file_and_clear_error(tmp_path: Path, monkeypatch:
     for i, name in enumerate(sources._PLASMA_PHOTOS):
         d = tmp_path / name / "contents" / "images"
         d.mkdir(parents=True)
-        Image.fromarray(np.full((40, 60, 3), i, np.uint8)).save(d / "60x40.png")
-        big = np.random.default_rng(i).integers(0, 256, (80, 120, 3), dtype=np.uint8)  # noise: the larger file
-        Image.fromarray(big).save(d / "120x80.png")
+        # the larger photo is the smaller file (flat), and its name claims less: pixels decide
+        Image.fromarray(np.full((80, 120, 3), i, np.uint8)).save(d / "60x40.png")
+        noise = np.random.default_rng(i).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(d / "1920x1080.png")
+        assert (d / "1920x1080.png").stat().st_size > (d / "60x40.png").stat().st_size
     photos = sources.real_dataset("plasma").load()
     assert len(photos) == len(sources._PLASMA_PHOTOS) and all(p.shape == (80, 120, 3) for p in photos)
 

@@ -127,7 +127,8 @@ _DEBIAN_GLOBS: dict[str, tuple[str, str]] = {
 _NOT_PHOTOS = ("analogpattern_by_",)
 
 #: the photographs among plasma-workspace-wallpapers (the rest are renders and drawings);
-#: each ships at several resolutions, of which the largest is used
+#: each ships at several resolutions, of which the largest (in decoded pixels: the file
+#: names do not always match) is used
 _PLASMA_PHOTOS = (
     "BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow",
     "FallenLeaf", "Grey", "OneStandsOut", "Path", "summer_1am",
@@ -135,12 +136,21 @@ _PLASMA_PHOTOS = (
 _PLASMA_ROOT = "/usr/share/wallpapers"
 
 
+def _pixels(path: str) -> int:
+    """Width x height from the image header (nothing decoded); 0 if unreadable."""
+    try:
+        with Image.open(path) as im:
+            return im.size[0] * im.size[1]
+    except OSError:
+        return 0
+
+
 def _plasma() -> RealDataset:
     photos = {}
     for name in _PLASMA_PHOTOS:
-        files = [f for f in glob.glob(f"{_PLASMA_ROOT}/{name}/contents/images/*") if f.lower().endswith(_EXTS)]
+        files = sorted(f for f in glob.glob(f"{_PLASMA_ROOT}/{name}/contents/images/*") if f.lower().endswith(_EXTS))
         if files:
-            photos[f"plasma:{name}"] = _file(max(files, key=os.path.getsize))
+            photos[f"plasma:{name}"] = _file(max(files, key=_pixels))
     if len(photos) < len(_PLASMA_PHOTOS):
         missing = sorted(set(_PLASMA_PHOTOS) - {k.split(":", 1)[1] for k in photos})
         raise FileNotFoundError(
@@ -165,7 +175,8 @@ def _folder(name: str, description: str, pattern: str, package: str) -> RealData
 
 
 def real_dataset(name: str, real_dir: str | Path | None = None) -> RealDataset:
-    """Resolve a dataset name: a PyPI set, a Debian set (``lomiri``, ``mate``, ``plasma``), or ``dir`` (the ``--real-dir`` folder)."""
+    """Resolve a dataset name: a PyPI set, a Debian set (``lomiri``, ``mate``, ``plasma``),
+    or ``dir`` (the ``--real-dir`` folder)."""
     if name in PYPI_DATASETS:
         return PYPI_DATASETS[name]
     if name in _DEBIAN_GLOBS:
