@@ -22,7 +22,9 @@ from osma.images import (
     ImageDataset,
     ImageError,
     center_crop,
+    contact_sheet,
     dct2,
+    eval_patch,
     hflip,
     idct2,
     jpeg_recompress,
@@ -405,6 +407,26 @@ def test_dataset_eval_and_train(tmp_path: Path) -> None:
     assert rs[0][0].shape == (3, 8, 8)
 
 
+@pytest.mark.parametrize("resize_to", [None, 12, 40])
+def test_eval_patch_is_the_dataset_evaluation_patch(tmp_path: Path, resize_to: int | None) -> None:
+    rng = np.random.default_rng(7)
+    shapes = [(5, 7), (16, 16), (9, 30), (31, 17), (57, 64), (1, 20)]  # smaller, equal, mixed, larger than 16
+    samples = []
+    for i, (h, w) in enumerate(shapes):
+        p = tmp_path / f"e{i}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
+        samples.append((p, 0))
+    for cache in (False, True):
+        ds = ImageDataset(samples, CropConfig(size=16, resize=resize_to), cache=cache)
+        for i, (p, _) in enumerate(samples):
+            img = load_image(p)
+            patch = eval_patch(img, 16, resize_to)
+            assert patch.shape == (16, 16, 3) and patch.dtype == np.uint8 and patch.flags.c_contiguous
+            ref = center_crop(resize(img, resize_to) if resize_to else img, 16)  # the steps spelled out
+            np.testing.assert_array_equal(patch, ref)
+            np.testing.assert_array_equal(ds[i][0].permute(1, 2, 0).numpy(), patch)
+
+
 def test_dataset_cache_keeps_decoded_images(tmp_path: Path) -> None:
     samples = _write_set(tmp_path, 3)
     ds = ImageDataset(samples, CropConfig(size=16, train=True), cache=True)
@@ -466,3 +488,16 @@ def test_shuffled_loader_order_depends_on_seed_and_epoch_only(tmp_path: Path) ->
     b = make_loader(ds, batch_size=2, train=True, workers=0, seed=4)
     b.set_epoch(2)  # a resumed run sees the same batches as the uninterrupted one
     assert order(b) == epochs[2]
+
+
+# ----------------------------------------------------------------------------- contact sheet
+
+
+def test_contact_sheet_at_own_size() -> None:
+    imgs = np.random.default_rng(3).integers(0, 256, (5, 6, 4, 3), dtype=np.uint8)
+    sheet = np.asarray(contact_sheet(imgs, tile=None, cols=2, pad=1))
+    assert sheet.shape == (3 * 7 + 1, 2 * 5 + 1, 3)
+    np.testing.assert_array_equal(sheet[8:14, 6:10], imgs[3])  # row 1, column 1, unscaled
+    assert (sheet[0] == 255).all() and (sheet[-7:, 6:] == 255).all()  # border and the empty last cell
+    with pytest.raises(ValueError, match="different sizes"):
+        contact_sheet([imgs[0], imgs[1][:3]], tile=None)

@@ -21,10 +21,9 @@ from typing import Any, Union
 
 import numpy as np
 
-UNKNOWN = "unknown"
+from osma.images.decode import IMAGE_EXTENSIONS  # extensions picked up when a directory or glob is expanded
 
-#: extensions picked up when a directory or glob is expanded
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+UNKNOWN = "unknown"
 
 #: fewest images ``enroll`` accepts for a new source
 MIN_ENROLL_IMAGES = 10

@@ -26,11 +26,10 @@ from typing import NamedTuple
 import numpy as np
 import yaml
 
+from osma.images.decode import IMAGE_EXTENSIONS  # image file extensions read by load_folder
+
 #: unknown groups in the public format, in the order of ``unknown_classes1/2/3``
 UNKNOWN_GROUPS: tuple[str, ...] = ("seed", "arch", "dataset")
-
-#: image file extensions read by :func:`load_folder` (compared lower-case)
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 
 #: keys every split of a ``data_list.yaml`` must have
 SPLIT_KEYS: tuple[str, ...] = (

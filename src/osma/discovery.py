@@ -15,12 +15,13 @@ Output layout of :func:`write_clusters`::
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from osma.images.sheet import contact_sheet  # noqa: F401 - re-exported: osma.discovery.contact_sheet
 
 MEMBERS_FILE = "members.txt"
 SHEET_FILE = "sheet.png"
@@ -80,25 +81,6 @@ def cluster(
         return Clustering(np.zeros(n, int), 1, sil)
     best = max(sil, key=lambda kk: (sil[kk], -kk))
     return Clustering(fits[best], best, sil)
-
-
-def contact_sheet(images: Sequence[np.ndarray], tile: int = 96, cols: int = 8, pad: int = 2):  # noqa: ANN201 - PIL.Image
-    """A grid of thumbnails (centre-cropped squares resized to ``tile``), as a PIL image."""
-    from PIL import Image
-
-    n = max(1, len(images))
-    cols = min(cols, n)
-    rows = math.ceil(n / cols)
-    sheet = Image.new("RGB", (cols * (tile + pad) + pad, rows * (tile + pad) + pad), (255, 255, 255))
-    for i, a in enumerate(images):
-        h, w = a.shape[:2]
-        s = min(h, w)
-        top, left = (h - s) // 2, (w - s) // 2
-        thumb = Image.fromarray(np.ascontiguousarray(a[top : top + s, left : left + s, :3]))
-        thumb = thumb.resize((tile, tile), Image.NEAREST if s < tile else Image.BILINEAR)
-        r, c = divmod(i, cols)
-        sheet.paste(thumb, (pad + c * (tile + pad), pad + r * (tile + pad)))
-    return sheet
 
 
 def write_clusters(

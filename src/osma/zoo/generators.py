@@ -433,11 +433,8 @@ def sample(arch: str, model: nn.Module, n: int, gen: torch.Generator, device: to
 
 
 def contact_sheet(images: np.ndarray, cols: int = 8, gap: int = 2) -> np.ndarray:
-    """Tile images (N, h, w, 3) into one uint8 grid with ``gap`` white pixels between tiles."""
-    n, h, w, _ = images.shape
-    rows = math.ceil(n / cols)
-    sheet = np.full((rows * (h + gap) + gap, cols * (w + gap) + gap, 3), 255, np.uint8)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        sheet[gap + r * (h + gap) : gap + r * (h + gap) + h, gap + c * (w + gap) : gap + c * (w + gap) + w] = images[i]
-    return sheet
+    """Tile images (N, h, w, 3) at their own size into one uint8 grid with ``gap`` white pixels
+    between tiles (:func:`osma.images.sheet.contact_sheet` with ``tile=None``)."""
+    from osma.images.sheet import contact_sheet as sheet
+
+    return np.array(sheet(images, tile=None, cols=cols, pad=gap))

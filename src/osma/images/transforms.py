@@ -1,0 +1,194 @@
+"""Geometry, augmentations and the DCT of the image pipeline (arrays in, arrays out).
+
+Attribution lives in high-frequency traces, so nothing here resamples unless asked to:
+
+* **Geometry**: centre crop (evaluation, :func:`eval_patch`) or random crop (training) to a
+  fixed size, with reflect padding of smaller images; :func:`resize` is an explicit option only.
+* **Augmentations** (training only): JPEG re-compression with a quality drawn from
+  :data:`JPEG_QUALITIES` (Fang et al.; ``None`` = left uncompressed) and horizontal flip.
+* **DCT**: orthonormal 2-D DCT-II (:func:`dct2`, POSE's input), batched, differentiable.
+* :class:`CropConfig`: the pre-processing of one image (evaluation or training).
+
+Every random operation takes an explicit ``np.random.Generator``.
+"""
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+#: JPEG qualities of the re-compression augmentation; ``None`` = no re-compression
+JPEG_QUALITIES: tuple[int | None, ...] = (75, 80, 85, 90, 95, None)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def pad_to(img: np.ndarray, size: int) -> np.ndarray:
+    """Reflect-pad (without repeating the edge pixel) to at least ``size`` x ``size``, centred.
+
+    Images much smaller than ``size`` are reflected repeatedly. Larger sides are untouched.
+    """
+    h, w = img.shape[:2]
+    ph, pw = max(0, size - h), max(0, size - w)
+    if ph == 0 and pw == 0:
+        return img
+    pad = [(ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)] + [(0, 0)] * (img.ndim - 2)
+    # numpy cannot reflect a length-1 axis; edge replication is the only sensible choice there
+    mode = "reflect" if min(h, w) > 1 else "edge"
+    return np.pad(img, pad, mode=mode)
+
+
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """Centre ``size`` x ``size`` crop (top-left offset floor((H - size) / 2)); pads first if smaller."""
+    img = pad_to(img, size)
+    h, w = img.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return img[top : top + size, left : left + size]
+
+
+def random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Uniformly placed ``size`` x ``size`` crop; pads first if smaller."""
+    img = pad_to(img, size)
+    h, w = img.shape[:2]
+    top = int(rng.integers(0, h - size + 1))
+    left = int(rng.integers(0, w - size + 1))
+    return img[top : top + size, left : left + size]
+
+
+def resize(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize to exactly ``size`` x ``size`` (aspect ratio not kept, as POSE's 128 x 128 input).
+
+    Pillow bilinear, which widens its kernel when shrinking (antialiased), i.e. what
+    torchvision's ``Resize`` does on PIL images. Destroys high-frequency traces: explicit option only.
+    """
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    out = Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(out, dtype=np.uint8)
+
+
+_resize = resize  # eval_patch's ``resize`` argument shadows the function's name
+
+
+def eval_patch(img: np.ndarray, size: int, resize: int | None = None) -> np.ndarray:
+    """The evaluation patch of a decoded image: optional square ``resize`` (when truthy),
+    then the centre ``size`` x ``size`` crop (reflect-padded if smaller), contiguous.
+
+    What :class:`osma.images.ImageDataset` feeds a network in evaluation mode.
+    """
+    if resize:
+        img = _resize(img, resize)
+    return np.ascontiguousarray(center_crop(img, size))
+
+
+# --------------------------------------------------------------------------- augmentations
+
+
+def jpeg_recompress(img: np.ndarray, quality: int | None) -> np.ndarray:
+    """Encode as JPEG at ``quality`` (Pillow/libjpeg, default 4:2:0 chroma subsampling) and decode.
+
+    ``quality=None`` returns the image unchanged (the "no compression" draw).
+    """
+    if quality is None:
+        return img
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(img)).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as dec:
+        return np.asarray(dec.convert("RGB"), dtype=np.uint8)
+
+
+def random_jpeg(
+    img: np.ndarray, rng: np.random.Generator, qualities: Sequence[int | None] = JPEG_QUALITIES
+) -> np.ndarray:
+    """JPEG re-compression with a quality drawn uniformly from ``qualities`` (None = untouched)."""
+    q = qualities[int(rng.integers(len(qualities)))]
+    return jpeg_recompress(img, q)
+
+
+def hflip(img: np.ndarray) -> np.ndarray:
+    """Mirror left-right."""
+    return np.ascontiguousarray(img[:, ::-1])
+
+
+# --------------------------------------------------------------------------- DCT
+
+_DCT_CACHE: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+_DCT_LOCK = threading.Lock()
+
+
+def _dct_matrix(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Orthonormal DCT-II matrix C (n x n): C[k, i] = a_k cos(pi (2i + 1) k / 2n), a_0 = sqrt(1/n), else sqrt(2/n)."""
+    key = (n, dtype, device)
+    mat = _DCT_CACHE.get(key)
+    if mat is None:
+        k = np.arange(n)[:, None]
+        i = np.arange(n)[None, :]
+        c = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+        c[0] /= np.sqrt(2.0)
+        mat = torch.as_tensor(c, dtype=dtype, device=device)
+        with _DCT_LOCK:
+            _DCT_CACHE[key] = mat
+    return mat
+
+
+def dct2(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal 2-D DCT-II over the last two dims (= ``scipy.fft.dctn(type=2, norm="ortho")``).
+
+    Matrix form ``C_H @ x @ C_W^T`` with cached bases: batched over leading dims, differentiable,
+    any device. Integer inputs are converted to float32.
+    """
+    if not x.is_floating_point():
+        x = x.float()
+    ch = _dct_matrix(x.shape[-2], x.dtype, x.device)
+    cw = _dct_matrix(x.shape[-1], x.dtype, x.device)
+    return ch @ x @ cw.T
+
+
+def idct2(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`dct2` (orthonormal DCT-III): ``C_H^T @ X @ C_W``."""
+    if not x.is_floating_point():
+        x = x.float()
+    ch = _dct_matrix(x.shape[-2], x.dtype, x.device)
+    cw = _dct_matrix(x.shape[-1], x.dtype, x.device)
+    return ch.T @ x @ cw
+
+
+@dataclass
+class CropConfig:
+    """Pre-processing of one image: optional ``resize`` (square, explicit), then a ``size`` crop.
+
+    ``train=True``: random crop, plus horizontal flip (p = 0.5) when ``flip`` and random JPEG
+    re-compression from :data:`JPEG_QUALITIES` when ``jpeg``. ``train=False``: centre crop only (:func:`eval_patch`).
+    """
+
+    size: int = 64
+    resize: int | None = None
+    train: bool = False
+    jpeg: bool = False
+    flip: bool = False
+
+
+
+__all__ = [
+    "CropConfig",
+    "JPEG_QUALITIES",
+    "center_crop",
+    "dct2",
+    "eval_patch",
+    "hflip",
+    "idct2",
+    "jpeg_recompress",
+    "pad_to",
+    "random_crop",
+    "random_jpeg",
+    "resize",
+]
