@@ -17,7 +17,8 @@ from PIL import Image
 
 import osma
 from osma import attribution
-from osma.attribution import UNKNOWN, Attribution, Model, calibrate_model, choose_tau, expand_paths
+from osma.attribution import UNKNOWN, Attribution, Model, calibrate_model, expand_paths
+from osma.decision import choose_tau
 from osma.methods.base import Attributor, Prediction
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200), "yellow": (210, 210, 20)}

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from osma import attribution
 from osma.cli import app
-from osma.discovery import Clustering, cluster, contact_sheet, l2_normalise, read_labels, read_members, true_labels, write_clusters
+from osma.scores import l2_normalize
+from osma.discovery import Clustering, cluster, contact_sheet, read_labels, read_members, true_labels, write_clusters
 
 
 def _blobs(k: int, n: int = 30, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +38,7 @@ def test_scale_does_not_matter_and_fixed_k() -> None:
     scaled = x * np.random.default_rng(1).uniform(0.5, 50, (len(x), 1))  # per-row scale: L2 normalisation removes it
     assert adjusted_rand_score(y, cluster(scaled, "auto").labels) == pytest.approx(1.0)
     assert cluster(x, 5).k == 5 and len(np.unique(cluster(x, 5).labels)) == 5
-    assert np.allclose(np.linalg.norm(l2_normalise(scaled), axis=1), 1.0)
+    assert np.allclose(np.linalg.norm(l2_normalize(scaled), axis=1), 1.0)
     with pytest.raises(ValueError, match="between 1"):
         cluster(x[:4], 9)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from osma.methods.losses import ProxyNCAPP, batch_hard_triplet_loss, pose_cross_entropy
-from osma.methods.network import class_statistics
+from osma.scores import class_statistics
 from osma.methods.state import load_state, save_state
 
 

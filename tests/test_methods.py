@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from osma import methods
 from osma.data import load_split
 from osma.images import load_image
+from osma.scores import create_score
 
 #: tiny networks and short runs so the file stays fast on a loaded 2-core machine
 TINY = {"crop": 24, "per_class": 4, "width": 0.125, "embed_dim": 16, "workers": 0, "progress": False, "device": "cpu"}
@@ -43,7 +44,7 @@ def test_end_to_end_bundle_reload_identical(toy, trained, name: str) -> None:  #
     _, sp, test, y = toy
     att, out = trained[name]
     assert (out / "model.safetensors").is_file() and (out / "model.json").is_file()
-    n = att.config["epochs"]
+    n = att.opts.epochs
     # a checkpoint every epoch, the newest keep_checkpoints (2) of them kept
     kept = sorted(f.name for f in (out / "checkpoints").glob("epoch_*"))
     assert kept == [f"epoch_{e:04d}.{x}" for e in (n - 1, n) for x in ("json", "safetensors")]
@@ -51,8 +52,11 @@ def test_end_to_end_bundle_reload_identical(toy, trained, name: str) -> None:  #
     assert [r["epoch"] for r in log] == list(range(1, n + 1))
     doc = json.loads((out / "model.json").read_text())
     assert doc["method"] == name and doc["classes"] == sp.known_classes
-    assert {"backbone", "input", "crop", "config", "versions", "tau", "enrolled"} <= set(doc)
-    assert doc["config"]["train_counts"] == {c: 24 for c in sp.known_classes}
+    assert {"format", "preprocess", "options", "score", "training", "versions", "tau", "enrolled"} <= set(doc)
+    assert doc["format"] == "osma-bundle/2" and doc["n_trained"] == 4
+    assert doc["training"]["train_counts"] == {c: 24 for c in sp.known_classes}
+    assert doc["score"]["name"] == ("centroid" if name == "metric" else "msp")
+    assert doc["preprocess"]["crop"] == 24 and doc["options"]["embed_dim"] == 16
 
     p = att.predict_arrays(test)
     assert p.pred.shape == (len(test),) and p.score.shape == (len(test),)
@@ -84,14 +88,14 @@ def test_metric_centroids_match_training_embeddings(toy, trained) -> None:  # no
     for c in range(4):
         ec = e[lab == c]
         r = ec.mean(0)
-        np.testing.assert_allclose(att.centroids[c].numpy(), r, atol=1e-5)
+        np.testing.assert_allclose(att.score.centroids[c].numpy(), r, atol=1e-5)
         sig = np.sqrt(((ec - r) ** 2).sum() / (len(ec) - 1))
-        assert float(att.sigmas[c]) == pytest.approx(sig, rel=1e-4)
+        assert float(att.score.sigmas[c]) == pytest.approx(sig, rel=1e-4)
     # score = -d / sigma of the nearest centroid
     p = att.predict_embeddings(att.embed_arrays(imgs[:5]))
-    d = np.linalg.norm(e[:5, None, :] - att.centroids.numpy()[None], axis=2)
+    d = np.linalg.norm(e[:5, None, :] - att.score.centroids.numpy()[None], axis=2)
     np.testing.assert_array_equal(p.pred, d.argmin(1))
-    np.testing.assert_allclose(p.score, -d.min(1) / att.sigmas.numpy()[d.argmin(1)], rtol=1e-4)
+    np.testing.assert_allclose(p.score, -d.min(1) / att.score.sigmas.numpy()[d.argmin(1)], rtol=1e-4)
 
 
 def test_metric_knn_score_against_sklearn(toy, trained, tmp_path: Path) -> None:  # noqa: ANN001
@@ -102,9 +106,8 @@ def test_metric_knn_score_against_sklearn(toy, trained, tmp_path: Path) -> None:
 
     _, sp, test, y = toy
     att = methods.load_attributor(trained["metric"][1], device="cpu")  # a private copy
-    att.config.update(score="knn", knn_k=3)
-    emb, labels = att.embed_loader(att.loader(sp.train, train=False))
-    att.finalize(emb, labels)
+    emb, labels = att.embed_samples(sp.train)
+    att.fit_score(emb, labels, create_score("knn", {"k": 3}))
     e_test = att.embed_arrays(test)
     p = att.predict_embeddings(e_test)
 
@@ -120,24 +123,24 @@ def test_metric_knn_score_against_sklearn(toy, trained, tmp_path: Path) -> None:
     assert (p.pred == y).mean() > 0.5
 
     att.save(tmp_path)
-    assert json.loads((tmp_path / "model.json").read_text())["config"]["score"] == "knn"
+    assert json.loads((tmp_path / "model.json").read_text())["score"] == {"name": "knn", "options": {"k": 3}}
     back = methods.load_attributor(tmp_path, device="cpu")
     np.testing.assert_array_equal(back.predict_embeddings(e_test).score, p.score)
 
     new = back.embed_arrays([load_image(s.path) for s in sp.test_out["arch"][:3]])
     back.enroll("gan_d", new[:2])  # 2 references < knn_k = 3: the 2nd nearest is used
-    assert int((back.reference_labels == 4).sum()) == 2 and back.enrolled == {"gan_d": 2}
+    assert int((back.score.reference_labels == 4).sum()) == 2 and back.enrolled == {"gan_d": 2}
     q = back.predict_embeddings(new[2:])
     d = np.linalg.norm(unit(new[2:].astype(np.float64))[:, None] - unit(new[:2].astype(np.float64))[None], axis=2)
     np.testing.assert_allclose(q.class_scores[:, 4], -d.max(1), atol=1e-5)
     with pytest.raises(ValueError, match="unknown score"):
-        methods.create_method("metric", sp.known_classes, score="mahalanobis")
+        methods.create_method("metric", sp.known_classes, score="no_such_score")
 
 
 # Each method's small toy embedding separates a different unknown generator from the known
 # ones (the others land on a known source's cluster, where no embedding-space reference can
 # split them): enroll the one the method can tell apart.
-@pytest.mark.parametrize(("name", "group"), [("softmax", "dataset"), ("pose", "dataset"), ("metric", "arch")])
+@pytest.mark.parametrize(("name", "group"), [("softmax", "dataset"), ("pose", "arch"), ("metric", "arch")])
 def test_enrollment_new_source_is_recognised(toy, trained, name: str, group: str, tmp_path: Path) -> None:  # noqa: ANN001
     _, sp, test, y = toy
     att, out = trained[name]
@@ -260,7 +263,7 @@ def test_pose_augnet_terms_match_their_definitions(toy, trained) -> None:  # noq
 def test_centroid_distances_match_scipy() -> None:
     from scipy.spatial.distance import cdist
 
-    from osma.methods.network import centroid_distances
+    from osma.scores import centroid_distances
 
     rng = np.random.default_rng(0)
     x, c = rng.normal(size=(7, 5)).astype(np.float32), rng.normal(size=(3, 5)).astype(np.float32)

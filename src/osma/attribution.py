@@ -23,7 +23,7 @@ import numpy as np
 
 from osma.images.decode import IMAGE_EXTENSIONS  # extensions picked up when a directory or glob is expanded
 
-UNKNOWN = "unknown"
+from osma.decision import UNKNOWN, accept, choose_tau, decide  # noqa: F401 - part of this API
 
 #: fewest images ``enroll`` accepts for a new source
 MIN_ENROLL_IMAGES = 10
@@ -149,19 +149,19 @@ class Model:
             yield from self._attribute_batch(batch, thr)
 
     def _attribute_batch(self, batch: list[ImageInput], thr: float) -> list[Attribution]:
-        decoded, errors = decode_many(batch)
         results: list[Attribution | None] = [None] * len(batch)
-        for i, err in errors.items():
-            results[i] = Attribution(None, None, math.nan, thr, {}, _path_of(batch[i]), err)
-        ok = [i for i in range(len(batch)) if i not in errors]
-        if ok:
-            pred = self.attributor.predict_arrays([decoded[i] for i in ok])
+        for kept, emb, errors in embed_batches(self.attributor, batch, len(batch)):
+            for i, err in errors.items():
+                results[i] = Attribution(None, None, math.nan, thr, {}, _path_of(batch[i]), err)
+            if not kept:
+                continue
+            pred = self.attributor.predict_embeddings(emb)
             names = self.sources
-            for j, i in enumerate(ok):
+            for j, i in enumerate(kept):
                 nearest = names[int(pred.pred[j])]
                 score = float(pred.score[j])
                 results[i] = Attribution(
-                    source=nearest if score >= thr else UNKNOWN,
+                    source=decide(nearest, score, thr),
                     nearest=nearest,
                     score=score,
                     threshold=thr,
@@ -175,15 +175,11 @@ class Model:
         embs: list[np.ndarray] = []
         kept: list[int] = []
         errors: dict[int, str] = {}
-        items = _as_list(images)
-        for start in range(0, len(items), batch_size):
-            batch = items[start : start + batch_size]
-            decoded, errs = decode_many(batch)
-            errors.update({start + i: e for i, e in errs.items()})
-            ok = [i for i in range(len(batch)) if i not in errs]
-            if ok:
-                embs.append(np.asarray(self.attributor.embed_arrays([decoded[i] for i in ok])))
-                kept.extend(start + i for i in ok)
+        for idx, emb, errs in embed_batches(self.attributor, _as_list(images), batch_size):
+            errors.update(errs)
+            if idx:
+                embs.append(emb)
+                kept.extend(idx)
         emb = np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)
         return emb, kept, errors
 
@@ -324,18 +320,44 @@ def _array_to_rgb(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a[:, :, :3])
 
 
-def decode_many(items: Sequence[ImageInput]) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """Decode a batch; returns ({index: array}, {index: error message})."""
-    ok: dict[int, np.ndarray] = {}
-    errors: dict[int, str] = {}
-    for i, item in enumerate(items):
+def decode_many(items: Sequence[ImageInput], threads: int = 1) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Decode a batch (in ``threads`` threads); returns ({index: array}, {index: error message})."""
+
+    def one(item: ImageInput) -> np.ndarray | str:
         try:
-            ok[i] = decode(item)
+            return decode(item)
         except Exception as exc:  # noqa: BLE001 - any decoding failure becomes that row's error
             msg = str(exc) or type(exc).__name__
             path = _path_of(item)
-            errors[i] = msg if path is None or path in msg else f"{path}: {msg}"
-    return ok, errors
+            return msg if path is None or path in msg else f"{path}: {msg}"
+
+    if threads > 1 and len(items) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            out = list(pool.map(one, items))
+    else:
+        out = [one(x) for x in items]
+    ok = {i: r for i, r in enumerate(out) if not isinstance(r, str)}
+    return ok, {i: r for i, r in enumerate(out) if isinstance(r, str)}
+
+
+def embed_batches(attributor, items: Sequence[ImageInput], batch_size: int,  # noqa: ANN001
+                  threads: int = 1) -> Iterator[tuple[list[int], np.ndarray, dict[int, str]]]:
+    """The one batched inference loop (attribute, serve, calibrate, evaluate, enroll).
+
+    Decodes ``batch_size`` items at a time and embeds the readable ones with the model's
+    evaluation patch; yields (indices of the embedded items, their embeddings, {index:
+    error}) per batch, indices counted over ``items``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        decoded, errs = decode_many(batch, threads)
+        ok = [i for i in range(len(batch)) if i not in errs]
+        emb = np.asarray(attributor.embed_arrays([decoded[i] for i in ok])) if ok else np.zeros((0, 0), np.float32)
+        yield [start + i for i in ok], emb, {start + i: e for i, e in errs.items()}
 
 
 def expand_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
@@ -378,31 +400,6 @@ def expand_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
 
 
 # --- calibration ---------------------------------------------------------------------------
-def choose_tau(known_scores: np.ndarray, unknown_scores: np.ndarray | None = None, target_tpr: float = 0.95) -> tuple[float, str]:
-    """Pick tau from validation scores (higher = known; accept when ``score >= tau``).
-
-    Without unknown scores: the largest tau accepting at least ``target_tpr`` of the known
-    images. With them: the tau maximising Youden's J = TPR - FPR (ties: the larger TPR).
-    Returns (tau, description of the criterion).
-    """
-    from osma.metrics import calibrate_threshold
-
-    ks = np.asarray(known_scores, dtype=np.float64)
-    if ks.size == 0:
-        raise ValueError("no known validation scores to calibrate on")
-    if unknown_scores is None or len(unknown_scores) == 0:
-        return float(calibrate_threshold(ks, target_tpr)), f"accept {target_tpr:.0%} of known validation images"
-    from osma.metrics import roc_curve_known
-
-    us = np.asarray(unknown_scores, dtype=np.float64)
-    fpr, tpr, thr = roc_curve_known(ks, us)
-    j = tpr - fpr
-    best = np.flatnonzero(j == j.max())
-    i = best[np.argmax(tpr[best])]
-    tau = float(thr[i]) if math.isfinite(thr[i]) else float(np.max(np.r_[ks, us]) + 1.0)
-    return tau, "maximise Youden's J = TPR - FPR on known vs unknown validation images"
-
-
 def calibrate_model(
     model: Model,
     known: Sequence[tuple[str, str]],
@@ -435,8 +432,8 @@ def calibrate_model(
         "previous_tau": previous,
         "n_known": len(ok_k),
         "n_unknown": len(ok_u),
-        "known_acceptance": float(np.mean(ks >= tau)),
-        "known_accuracy": float(np.mean([r.nearest == lab and r.score >= tau for r, lab in ok_k])),
-        "unknown_rejection": float(np.mean(us < tau)) if len(us) else None,
+        "known_acceptance": float(np.mean(accept(ks, tau))),
+        "known_accuracy": float(np.mean([r.nearest == lab and bool(accept(r.score, tau)) for r, lab in ok_k])),
+        "unknown_rejection": float(np.mean(~accept(us, tau))) if len(us) else None,
         "errors": errors,
     }

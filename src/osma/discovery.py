@@ -36,13 +36,6 @@ class Clustering:
     silhouettes: dict[int, float] = field(default_factory=dict)
 
 
-def l2_normalise(emb: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows left at zero)."""
-    emb = np.asarray(emb, dtype=np.float64)
-    norms = np.linalg.norm(emb, axis=1, keepdims=True)
-    return emb / np.where(norms > 0, norms, 1.0)
-
-
 def cluster(
     emb: np.ndarray,
     k: int | str = "auto",
@@ -54,7 +47,9 @@ def cluster(
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
 
-    x = l2_normalise(emb)
+    from osma.scores.base import l2_normalize
+
+    x = l2_normalize(emb)
     n = len(x)
     if n == 0:
         raise ValueError("nothing to cluster: no embeddings")

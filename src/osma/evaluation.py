@@ -1,14 +1,21 @@
 """Evaluation of a trained attributor on one benchmark split: closed-set, open-set,
-Fang et al.'s aF1/CRR, clustering of embeddings, per-unknown-class diagnostics and plots.
+Fang et al.'s aF1/CRR, clustering of embeddings and per-unknown-class diagnostics.
 
-Everything goes through the :class:`osma.methods.base.Attributor` interface and the
-metrics of :mod:`osma.metrics` (higher score = more likely known), so every method is
-evaluated the same way.
+Everything goes through the :class:`osma.methods.base.Attributor` interface, the metrics
+of :mod:`osma.metrics` (higher score = more likely known) and the decision rule of
+:mod:`osma.decision`, so every method is evaluated the same way. Rendering (markdown,
+plots) is :mod:`osma.reporting`'s job.
+
+Scores are separate from training: the split's images are embedded once
+(:func:`embed_split`), and any score of :mod:`osma.scores` can then be fitted on the
+training embeddings and evaluated on the same test embeddings (:func:`evaluate_scores`).
 
 Conventions
 -----------
 * ``tau`` is calibrated on the split's **validation** images (known classes only) so that
-  a fraction ``tpr`` (default 95%) of them is accepted; aF1 and CRR are reported at it.
+  a fraction ``tpr`` (default 95%) of them is accepted; aF1 and CRR are reported at it
+  (``fang``). When the model stores a tau (``osma calibrate``), aF1 / CRR / rejection at
+  that tau are reported too (``fang_model_tau``), labelled as such.
 * TNR is always reported at 95% TPR on the test set (``open_set.<group>.tnr_at_95tpr``),
   independent of ``tpr``.
 * Clustering runs k-means on the known + unknown test embeddings with k = the true number
@@ -17,24 +24,25 @@ Conventions
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from osma import metrics
 from osma.data import UNKNOWN_GROUPS
+from osma.decision import accept, choose_tau
 from osma.methods.base import Attributor
+from osma.reporting import GROUPS, render_markdown, write_plots
 
 log = logging.getLogger(__name__)
-
-#: open-set groups of the report: the three unknown groups, then all unknowns together
-GROUPS: tuple[str, ...] = (*UNKNOWN_GROUPS, "all")
 
 
 @dataclass
@@ -65,19 +73,6 @@ class Outputs:
         )
 
 
-def _decode_batch(paths: list[str], workers: int) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
-    """Decode with the project's safe decoder; returns the arrays that decoded and
-    ``(path, reason)`` for the others."""
-    from osma.images import load_images
-
-    arrays, failed = load_images(paths, threads=workers)
-    return arrays, [(str(p), r) for p, r in failed]
-
-
-def _sample_label(sample) -> str:  # noqa: ANN001 - osma.data.Sample
-    return str(sample.label)
-
-
 def predict_samples(
     attributor: Attributor,
     samples: Sequence,
@@ -90,36 +85,32 @@ def predict_samples(
 
     Files that cannot be decoded (missing, truncated, not an image) are logged, listed in
     ``Outputs.failed`` and skipped. ``progress(done, total)`` is called after each batch.
-    Decoding (:func:`osma.images.load_images`) runs in ``workers`` threads.
+    Decoding runs in ``workers`` threads (:func:`osma.attribution.embed_batches`).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    from osma.attribution import embed_batches
+
+    samples = list(samples)
     paths: list[str] = []
     labels: list[str] = []
     failed: list[tuple[str, str]] = []
     preds, scores, embs = [], [], []
     total = len(samples)
     start = time.perf_counter()
-
-    for lo in range(0, total, batch_size):
-        chunk = list(samples[lo:lo + batch_size])
-        arrays, bad = _decode_batch([str(x.path) for x in chunk], workers)
-        bad_paths = {Path(p) for p, _ in bad}
-        for p, reason in bad:
-            log.warning("skipping unreadable image %s (%s)", p, reason)
-        failed += bad
-        batch = [x for x in chunk if Path(str(x.path)) not in bad_paths]
-        if len(batch) != len(arrays):  # cannot map arrays back to samples: never guess
-            raise RuntimeError(f"decoded {len(arrays)} images for {len(batch)} readable samples")
-        if arrays:
-            p = attributor.predict_arrays(arrays)
+    done = 0
+    for kept, emb, errors in embed_batches(attributor, [str(x.path) for x in samples], batch_size, threads=workers):
+        for i, reason in sorted(errors.items()):
+            log.warning("skipping unreadable image %s (%s)", samples[i].path, reason)
+            failed.append((str(samples[i].path), reason))
+        if kept:
+            p = attributor.predict_embeddings(emb)
             preds.append(np.asarray(p.pred, dtype=np.int64))
             scores.append(np.asarray(p.score, dtype=np.float64))
             embs.append(np.asarray(p.embedding, dtype=np.float32))
-            paths += [str(x.path) for x in batch]
-            labels += [_sample_label(x) for x in batch]
+            paths += [str(samples[i].path) for i in kept]
+            labels += [str(samples[i].label) for i in kept]
+        done += len(kept) + len(errors)
         if progress is not None:
-            progress(min(lo + batch_size, total), total)
+            progress(done, total)
     seconds = time.perf_counter() - start
     if preds:
         return Outputs(paths, labels, np.concatenate(preds), np.concatenate(scores), np.concatenate(embs),
@@ -127,49 +118,36 @@ def predict_samples(
     return Outputs([], [], np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 0), np.float32), failed, seconds)
 
 
-def _group_metrics(known: Outputs, correct: np.ndarray, unknown: Outputs) -> dict[str, float | int | None]:
-    """AUROC, OSCR (exact and ARPL-compatible), TNR@95TPR for known test vs one unknown set."""
-    if len(unknown) == 0 or len(known) == 0:
-        return {"auroc": None, "oscr": None, "oscr_arpl": None, "tnr_at_95tpr": None, "n": len(unknown)}
-    return {
-        "auroc": float(metrics.auroc(known.score, unknown.score)),
-        "oscr": float(metrics.oscr(known.score, correct, unknown.score)),
-        "oscr_arpl": float(metrics.oscr(known.score, correct, unknown.score, arpl_compat=True)),
-        "tnr_at_95tpr": float(metrics.tnr_at_tpr(known.score, unknown.score, 0.95)),
-        "n": len(unknown),
-    }
+def rescore(attributor: Attributor, o: Outputs, batch_size: int = 64) -> Outputs:
+    """``o`` with its predictions and scores recomputed from its embeddings by
+    ``attributor`` (in the same batches as :func:`predict_samples` when nothing failed)."""
+    if not len(o):
+        return o
+    preds, scores = [], []
+    for lo in range(0, len(o), batch_size):
+        p = attributor.predict_embeddings(o.embedding[lo:lo + batch_size])
+        preds.append(np.asarray(p.pred, dtype=np.int64))
+        scores.append(np.asarray(p.score, dtype=np.float64))
+    return replace(o, pred=np.concatenate(preds), score=np.concatenate(scores))
 
 
-def evaluate(
-    attributor: Attributor,
-    split,  # noqa: ANN001 - osma.data.Split
-    out_dir: str | Path | None = None,
-    *,
-    batch_size: int = 64,
-    tpr: float = 0.95,
-    plots: bool = True,
-    seed: int = 0,
-    progress: bool = False,
-) -> dict:
-    """Evaluate ``attributor`` on ``split`` and return the report as a nested dict.
+@dataclass
+class SplitOutputs:
+    """Embeddings and predictions of a split's validation, known test and unknown test images."""
 
-    With ``out_dir`` it also writes ``report.json``, ``report.md`` and (``plots=True``) PNG
-    plots there. Keys: ``closed_set.{accuracy,macro_f1}``,
-    ``open_set.<seed|arch|dataset|all>.{auroc,oscr,oscr_arpl,tnr_at_95tpr,n}``,
-    ``fang.{tau,tpr,af1,crr,af1_crr_auc}``, ``clustering.{nmi,purity,ari,accuracy,n_clusters,k}``,
-    ``unknown_classes.<name>.{group,n,most_given,most_given_fraction,mean_score}``,
-    ``counts``, ``timing``, ``failed``. Metric values are fractions in [0, 1] (None when a
-    group has no images).
-    """
-    known_classes = list(split.known_classes)
-    n_known = len(known_classes)
-    if list(attributor.classes) != known_classes:
-        # enrolled sources would make predictions fall outside the split's classes
-        raise ValueError(
-            f"the model's classes {list(attributor.classes)} differ from the split's known classes "
-            f"{known_classes}: evaluate a model (without enrolled sources) on the split it was trained on"
-        )
-    index = {c: i for i, c in enumerate(known_classes)}
+    val: Outputs
+    test: Outputs
+    groups: dict[str, Outputs] = field(default_factory=dict)
+
+    def rescored(self, attributor: Attributor, batch_size: int = 64) -> "SplitOutputs":
+        """The same images scored by another attributor (same network, another score)."""
+        return SplitOutputs(rescore(attributor, self.val, batch_size), rescore(attributor, self.test, batch_size),
+                            {g: rescore(attributor, o, batch_size) for g, o in self.groups.items()})
+
+
+def embed_split(attributor: Attributor, split, *, batch_size: int = 64,  # noqa: ANN001 - osma.data.Split
+                progress: bool = False) -> SplitOutputs:
+    """Embed and score every evaluation image of ``split`` once."""
 
     def _run(name: str, samples: Sequence) -> Outputs:
         bar = None
@@ -185,18 +163,75 @@ def evaluate(
             bar.close()
         return out
 
-    val = _run("val", split.val)
-    test = _run("test", split.test)
-    groups = {g: _run(g, split.test_out.get(g, [])) for g in UNKNOWN_GROUPS}
+    return SplitOutputs(_run("val", split.val), _run("test", split.test),
+                        {g: _run(g, split.test_out.get(g, [])) for g in UNKNOWN_GROUPS})
+
+
+def _group_metrics(known: Outputs, correct: np.ndarray, unknown: Outputs) -> dict[str, float | int | None]:
+    """AUROC, OSCR (exact and ARPL-compatible), TNR@95TPR for known test vs one unknown set."""
+    if len(unknown) == 0 or len(known) == 0:
+        return {"auroc": None, "oscr": None, "oscr_arpl": None, "tnr_at_95tpr": None, "n": len(unknown)}
+    return {
+        "auroc": float(metrics.auroc(known.score, unknown.score)),
+        "oscr": float(metrics.oscr(known.score, correct, unknown.score)),
+        "oscr_arpl": float(metrics.oscr(known.score, correct, unknown.score, arpl_compat=True)),
+        "tnr_at_95tpr": float(metrics.tnr_at_tpr(known.score, unknown.score, 0.95)),
+        "n": len(unknown),
+    }
+
+
+def _check_classes(attributor: Attributor, split) -> list[str]:  # noqa: ANN001
+    known_classes = list(split.known_classes)
+    if list(attributor.classes) != known_classes:
+        # enrolled sources would make predictions fall outside the split's classes
+        raise ValueError(
+            f"the model's classes {list(attributor.classes)} differ from the split's known classes "
+            f"{known_classes}: evaluate a model (without enrolled sources) on the split it was trained on"
+        )
+    return known_classes
+
+
+def evaluate(
+    attributor: Attributor,
+    split,  # noqa: ANN001 - osma.data.Split
+    out_dir: str | Path | None = None,
+    *,
+    batch_size: int = 64,
+    tpr: float = 0.95,
+    plots: bool = True,
+    seed: int = 0,
+    progress: bool = False,
+    outputs: SplitOutputs | None = None,
+) -> dict:
+    """Evaluate ``attributor`` on ``split`` and return the report as a nested dict.
+
+    With ``out_dir`` it also writes ``report.json``, ``report.md`` and (``plots=True``) PNG
+    plots there. Keys: ``method``, ``score``, ``closed_set.{accuracy,macro_f1}``,
+    ``open_set.<seed|arch|dataset|all>.{auroc,oscr,oscr_arpl,tnr_at_95tpr,n}``,
+    ``fang.{tau,tau_source,tpr,af1,crr,af1_crr_auc}``, ``fang_model_tau`` (with a stored
+    tau), ``clustering.{nmi,purity,ari,accuracy,n_clusters,k}``,
+    ``unknown_classes.<name>.{group,n,most_given,most_given_fraction,mean_score,rejected_fraction}``,
+    ``counts``, ``timing``, ``failed``. Metric values are fractions in [0, 1] (None when a
+    group has no images). ``outputs``: the split already embedded by this network
+    (:func:`embed_split`), rescored by ``attributor``.
+    """
+    known_classes = _check_classes(attributor, split)
+    n_known = len(known_classes)
+    index = {c: i for i, c in enumerate(known_classes)}
+    outs = (embed_split(attributor, split, batch_size=batch_size, progress=progress) if outputs is None
+            else outputs.rescored(attributor, batch_size))
+    val, test, groups = outs.val, outs.test, outs.groups
     if len(test) == 0:
         raise ValueError("no readable known test images: cannot evaluate")
     unknown_all = _concat([groups[g] for g in UNKNOWN_GROUPS])
 
     y_true = np.array([index[c] for c in test.labels], dtype=np.int64)
     correct = test.pred == y_true
+    score = getattr(attributor, "score", None)
 
     report: dict = {
         "method": attributor.method,
+        "score": score.describe() if hasattr(score, "describe") else None,
         "classes": known_classes,
         "unknown_groups": {g: list(split.unknown_classes.get(g, [])) for g in UNKNOWN_GROUPS},
         "counts": {"val": len(val), "test": len(test), **{f"unknown_{g}": len(groups[g]) for g in UNKNOWN_GROUPS},
@@ -211,28 +246,35 @@ def evaluate(
 
     # Fang et al.: tau from validation (known only), aF1 / CRR at tau, area under the curve
     if len(val):
-        tau, tau_source = float(metrics.calibrate_threshold(val.score, tpr=tpr)), "val"
+        tau, tau_source = choose_tau(val.score, None, tpr)[0], "val"
     elif attributor.tau is not None:
         tau, tau_source = float(attributor.tau), "model"
         log.warning("no readable validation images: using the model's stored tau %.4f", tau)
     else:
         raise ValueError("no readable validation images and no tau stored in the model: cannot calibrate tau")
-    fang: dict = {"tau": tau, "tau_source": tau_source, "tpr": tpr,
-                  "af1": None, "crr": None, "af1_crr_auc": None}
+    fargs = (test.pred, y_true, test.score, unknown_all.pred, unknown_all.score)
+
+    def at_tau(t: float, source: str) -> dict:
+        d: dict = {"tau": float(t), "tau_source": source, "tpr": tpr, "af1": None, "crr": None,
+                   "known_acceptance": float(np.mean(accept(test.score, t)))}
+        if len(unknown_all):
+            af1, crr = metrics.fang_scores(*fargs, tau=t, n_classes=n_known)
+            d.update(af1=float(af1), crr=float(crr))
+        return d
+
+    fang = {**at_tau(tau, tau_source), "af1_crr_auc": None}
     curve = None
     if len(unknown_all):
-        fargs = (test.pred, y_true, test.score, unknown_all.pred, unknown_all.score)
-        af1, crr = metrics.fang_scores(*fargs, tau=tau, n_classes=n_known)
-        fang.update(af1=float(af1), crr=float(crr),
-                    af1_crr_auc=float(metrics.af1_crr_auc(*fargs, n_classes=n_known)))
+        fang["af1_crr_auc"] = float(metrics.af1_crr_auc(*fargs, n_classes=n_known))
         curve = metrics.af1_crr_curve(*fargs, n_classes=n_known)
     report["fang"] = fang
+    if attributor.tau is not None and tau_source != "model":
+        report["fang_model_tau"] = at_tau(float(attributor.tau), "model")
 
     # clustering of known + unknown test embeddings at the true number of classes
     cl_labels = test.labels + unknown_all.labels
     emb = np.concatenate([test.embedding, unknown_all.embedding]) if len(unknown_all) else test.embedding
-    k = len(set(cl_labels))
-    report["clustering"] = _clustering(emb, cl_labels, k, seed)
+    report["clustering"] = _clustering(emb, cl_labels, len(set(cl_labels)), seed)
 
     # per unknown class: the known class it is most often attributed to, and its mean score
     per_class: dict[str, dict] = {}
@@ -247,7 +289,7 @@ def evaluate(
                 "most_given": str(attributor.classes[top]) if top < len(attributor.classes) else str(top),
                 "most_given_fraction": cnt / int(m.sum()),
                 "mean_score": float(o.score[m].mean()),
-                "rejected_fraction": float((o.score[m] < tau).mean()),
+                "rejected_fraction": float((~accept(o.score[m], tau)).mean()),
             }
     report["unknown_classes"] = per_class
 
@@ -260,11 +302,51 @@ def evaluate(
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         if plots:
-            report["plots"] = _plots(out, attributor, split, known_classes, test, y_true, groups, unknown_all,
-                                     tau, curve, seed)
+            report["plots"] = write_plots(out, attributor, split, known_classes, test, y_true, groups, unknown_all,
+                                          tau, curve, seed)
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
     return report
+
+
+def with_score(attributor, name: str, options: Mapping[str, Any] | None, train_emb: np.ndarray,  # noqa: ANN001
+               train_labels: np.ndarray):  # noqa: ANN201
+    """A copy of ``attributor`` (sharing its network) scored by ``name``, fitted on the
+    training embeddings; the original is unchanged."""
+    from osma.scores import create_score
+
+    other = copy.copy(attributor)
+    other.fit_score(train_emb, train_labels, create_score(name, options))
+    return other
+
+
+def evaluate_scores(
+    attributor,  # noqa: ANN001 - osma.methods.network.NetworkMethod
+    split,  # noqa: ANN001
+    scores: Sequence[tuple[str, Mapping[str, Any] | None]],
+    out_dir: str | Path | None = None,
+    **kwargs: Any,  # noqa: ANN401
+) -> dict[str, dict]:
+    """One report per score on the same network: the split is embedded once, each score
+    fitted on the training embeddings (evaluation patches, as training's own fit) and
+    evaluated. ``(name, None)`` for the model's own score keeps its fitted state.
+    Reports go to ``out_dir/<score>/`` when ``out_dir`` is given."""
+    _check_classes(attributor, split)
+    outs = embed_split(attributor, split, batch_size=kwargs.get("batch_size", 64), progress=kwargs.get("progress", False))
+    reports: dict[str, dict] = {}
+    train: tuple[np.ndarray, np.ndarray] | None = None
+    for name, options in scores:
+        own = attributor.score
+        if name == own.name and (options is None or own.Options.from_dict(options) == own.options):
+            att = attributor
+        else:
+            if train is None:
+                train = attributor.embed_samples(split.train)
+            att = with_score(attributor, name, options, *train)
+        key = name if name not in reports else f"{name}-{len(reports)}"
+        sub = None if out_dir is None else Path(out_dir) / key
+        reports[key] = evaluate(att, split, sub, outputs=outs, **kwargs)
+    return reports
 
 
 def _concat(parts: list[Outputs]) -> Outputs:
@@ -291,205 +373,3 @@ def _clustering(emb: np.ndarray, labels: list[str], k: int, seed: int) -> dict:
     out = {key: (float(v) if key != "n_clusters" else int(v)) for key, v in scores.items()}
     out["k"] = k
     return out
-
-
-def _fmt(v: object, pct: bool = True) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{100 * v:.1f}" if pct else f"{v:.4g}"
-    return str(v)
-
-
-def render_markdown(report: dict) -> str:
-    """A readable summary of :func:`evaluate`'s report (percentages, one decimal)."""
-    cs, fang, cl = report["closed_set"], report["fang"], report["clustering"]
-    lines = [
-        f"# Evaluation report: {report.get('method', '?')}",
-        "",
-        f"Known classes: {len(report['classes'])} ({', '.join(report['classes'])}). "
-        f"Images: {report['counts']['test']} known test, "
-        + ", ".join(f"{report['counts'][f'unknown_{g}']} unknown {g}" for g in UNKNOWN_GROUPS)
-        + f", {report['counts']['val']} validation; {report['counts']['failed']} unreadable (skipped).",
-        "",
-        "## Closed set",
-        "",
-        f"- accuracy: **{_fmt(cs['accuracy'])}%**, macro-F1: **{_fmt(cs['macro_f1'])}%**",
-        "",
-        "## Open set (known test vs unknown), %",
-        "",
-        "| group | n | AUROC | OSCR | OSCR (ARPL) | TNR@95TPR |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for g in GROUPS:
-        r = report["open_set"][g]
-        lines.append(f"| {g} | {r['n']} | {_fmt(r['auroc'])} | {_fmt(r['oscr'])} | {_fmt(r['oscr_arpl'])} "
-                     f"| {_fmt(r['tnr_at_95tpr'])} |")
-    lines += [
-        "",
-        "## Fang et al. (BMVC 2023)",
-        "",
-        f"- tau = {_fmt(fang['tau'], pct=False)} (calibrated on {fang['tau_source']} data for "
-        f"{100 * fang['tpr']:.0f}% known acceptance)",
-        f"- aF1 at tau: **{_fmt(fang['af1'])}%**, CRR at tau: **{_fmt(fang['crr'])}%**",
-        f"- area under the aF1-CRR curve: **{_fmt(fang['af1_crr_auc'])}%**",
-        "",
-        "## Clustering of known + unknown test embeddings (k-means, k = true number of classes)",
-        "",
-        f"- k = {cl['k']}: NMI {_fmt(cl['nmi'])}%, purity {_fmt(cl['purity'])}%, ARI {_fmt(cl['ari'])}%, "
-        f"matched accuracy {_fmt(cl['accuracy'])}%",
-        "",
-        "## Unknown classes",
-        "",
-        "| unknown class | group | n | most often given | share | mean score | rejected at tau |",
-        "|---|---|---:|---|---:|---:|---:|",
-    ]
-    for name, r in report["unknown_classes"].items():
-        lines.append(f"| {name} | {r['group']} | {r['n']} | {r['most_given']} | {_fmt(r['most_given_fraction'])}% "
-                     f"| {r['mean_score']:.4g} | {_fmt(r['rejected_fraction'])}% |")
-    t = report["timing"]
-    lines += ["", f"Inference: {t['images']} images in {t['seconds']:.1f} s "
-              f"({_fmt(t['images_per_second'], pct=False)} images/s, decoding included)."]
-    if report.get("plots"):
-        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in report["plots"]]
-    if report["failed"]:
-        lines += ["", "## Unreadable files (skipped)", ""]
-        lines += [f"- `{f['path']}`: {f['error']}" for f in report["failed"][:20]]
-        if len(report["failed"]) > 20:
-            lines.append(f"- ... and {len(report['failed']) - 20} more (see report.json)")
-    return "\n".join(lines) + "\n"
-
-
-def _plots(
-    out: Path, attributor: Attributor, split, known_classes: list[str], test: Outputs,  # noqa: ANN001
-    y_true: np.ndarray, groups: dict[str, Outputs], unknown_all: Outputs, tau: float, curve: dict | None,
-    seed: int,
-) -> list[str]:
-    """Write the PNG plots; returns their file names (relative to ``out``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written: list[str] = []
-
-    def _save(fig, name: str) -> None:  # noqa: ANN001
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        written.append(name)
-
-    # score histograms: known vs each unknown group
-    fig, ax = plt.subplots(figsize=(6, 4))
-    allscores = np.concatenate([test.score, unknown_all.score])
-    bins = np.linspace(allscores.min(), allscores.max(), 40) if np.ptp(allscores) > 0 else 10
-    ax.hist(test.score, bins=bins, alpha=0.6, density=True, label=f"known ({len(test)})")
-    for g in UNKNOWN_GROUPS:
-        if len(groups[g]):
-            ax.hist(groups[g].score, bins=bins, alpha=0.45, density=True, histtype="stepfilled",
-                    label=f"unknown {g} ({len(groups[g])})")
-    ax.axvline(tau, color="k", ls="--", lw=1, label="tau")
-    ax.set_xlabel("score (higher = known)")
-    ax.set_ylabel("density")
-    ax.legend(fontsize=8)
-    _save(fig, "scores.png")
-
-    # ROC curves per group
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for g in GROUPS:
-        u = unknown_all if g == "all" else groups[g]
-        if len(u):
-            fpr, tpr_, _ = metrics.roc_curve_known(test.score, u.score)
-            ax.plot(fpr, tpr_, label=f"{g} (AUROC {100 * metrics.auroc(test.score, u.score):.1f})")
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("false positive rate (unknown accepted)")
-    ax.set_ylabel("true positive rate (known accepted)")
-    ax.legend(fontsize=8)
-    _save(fig, "roc.png")
-
-    # aF1-CRR curve
-    if curve is not None:
-        fig, ax = plt.subplots(figsize=(5, 5))
-        ax.plot(np.asarray(curve["crr"]), np.asarray(curve["af1"]))
-        af1, crr = metrics.fang_scores(test.pred, y_true, test.score, unknown_all.pred, unknown_all.score,
-                                       tau=tau, n_classes=len(known_classes))
-        ax.scatter([crr], [af1], color="k", zorder=3, label="at tau")
-        ax.set_xlabel("CRR (unknown rejected)")
-        ax.set_ylabel("aF1")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.legend(fontsize=8)
-        _save(fig, "af1_crr.png")
-
-    # confusion matrix at tau: rows known classes + all unknowns, columns classes + rejected
-    c = len(known_classes)
-    cm = np.zeros((c + 1, c + 1), np.int64)
-    for row, o in [(y_true, test), (np.full(len(unknown_all), c), unknown_all)]:
-        col = np.where(o.score >= tau, np.minimum(o.pred, c), c)  # enrolled predictions fall in "rejected"
-        np.add.at(cm, (row, col), 1)
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * (c + 1), 1 + 0.45 * (c + 1)))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(c + 1), known_classes + ["rejected"], rotation=90, fontsize=7)
-    ax.set_yticks(range(c + 1), known_classes + ["unknown"], fontsize=7)
-    if c <= 20:
-        for i in range(c + 1):
-            for j in range(c + 1):
-                if cm[i, j]:
-                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
-                            color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted (at tau)")
-    ax.set_ylabel("true")
-    _save(fig, "confusion.png")
-
-    # t-SNE of known, unknown and (for pose) augmented embeddings
-    fig = _tsne_plot(attributor, test, unknown_all, seed)
-    if fig is not None:
-        _save(fig, "tsne.png")
-    return written
-
-
-def _tsne_plot(attributor: Attributor, test: Outputs, unknown: Outputs, seed: int, max_points: int = 500):  # noqa: ANN202
-    """t-SNE (scikit-learn) of a subsample of known, unknown and augmented embeddings."""
-    import matplotlib.pyplot as plt
-    from sklearn.manifold import TSNE
-
-    rng = np.random.default_rng(seed)
-    kn = rng.permutation(len(test))[: max_points // 2]
-    un = rng.permutation(len(unknown))[: max_points // 2]
-    parts = [("known", test.embedding[kn])]
-    if len(un):
-        parts.append(("unknown", unknown.embedding[un]))
-    augment = getattr(attributor, "augment_embeddings", None)
-    if callable(augment):
-        sub = kn[: max_points // 4]
-        arrays, _ = _decode_batch([test.paths[i] for i in sub], 2)
-        if arrays:
-            aug = np.asarray(augment(arrays), np.float32)
-            if aug.size:
-                parts.append(("augmented", aug.reshape(-1, test.embedding.shape[1])))
-    x = np.concatenate([p for _, p in parts]).astype(np.float64)
-    if len(x) < 5:
-        return None
-    xy = TSNE(n_components=2, perplexity=float(min(30, (len(x) - 1) / 3)), init="pca",
-              random_state=seed).fit_transform(x)
-    fig, ax = plt.subplots(figsize=(6, 5))
-    lo = 0
-    styles = {"known": dict(marker="o", alpha=0.7), "unknown": dict(marker="x", alpha=0.8),
-              "augmented": dict(marker="^", alpha=0.4)}
-    for name, p in parts:
-        hi = lo + len(p)
-        if name == "known":
-            labs = [test.labels[i] for i in kn]
-            for cls in dict.fromkeys(labs):
-                m = np.array([lab == cls for lab in labs])
-                ax.scatter(xy[lo:hi][m, 0], xy[lo:hi][m, 1], s=10, label=cls, **styles[name])
-        else:
-            ax.scatter(xy[lo:hi, 0], xy[lo:hi, 1], s=12, c="k" if name == "unknown" else "grey",
-                       label=name, **styles[name])
-        lo = hi
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.legend(fontsize=6, markerscale=1.5, ncol=2)
-    ax.set_title("t-SNE of test embeddings")
-    return fig

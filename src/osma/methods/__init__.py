@@ -1,53 +1,86 @@
-"""Attribution methods behind the common :class:`~osma.methods.base.Attributor` interface.
+"""Attribution methods, one module each, behind the common interface.
 
 - ``softmax``: closed-set cross-entropy classifier (:mod:`osma.methods.softmax`)
 - ``pose``: POSE, CVPR 2023 (:mod:`osma.methods.pose`)
 - ``metric``: ProxyNCA++ + centroids, Fang et al. BMVC 2023 (:mod:`osma.methods.metric`)
 
-``create_method(name, classes, **config)`` builds an untrained attributor, ``train(...)``
-trains one on a benchmark split into a run directory and ``load_attributor(dir)`` reads a
+A method registers itself with :func:`register_method`; that is enough for ``osma train``,
+the evaluation and the contract tests to pick it up. ``create_method(name, classes,
+**options)`` builds an untrained model, ``train(...)`` trains one on a benchmark split into
+a run directory (with :class:`osma.trainer.Trainer`) and ``load_attributor(dir)`` reads a
 bundle back (safetensors + JSON, never pickle).
 """
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from osma.methods import metric, pose, softmax  # noqa: F401 - registers the methods
 from osma.methods.base import Attributor, Prediction
-from osma.methods.metric import MetricAttributor
-from osma.methods.network import NetworkAttributor, read_bundle_json
-from osma.methods.pose import PoseAttributor
-from osma.methods.softmax import SoftmaxAttributor
-
-#: method registry: name -> attributor class
-METHODS: dict[str, type[Attributor]] = {
-    "softmax": SoftmaxAttributor,
-    "pose": PoseAttributor,
-    "metric": MetricAttributor,
-}
+from osma.methods.metric import MetricMethod
+from osma.methods.network import NetworkMethod, NetworkOptions, Preprocess, read_bundle_json
+from osma.methods.pose import PoseMethod
+from osma.methods.registry import METHODS, register_method
+from osma.methods.softmax import SoftmaxMethod
+from osma.options import split_options
+from osma.scores import SCORES
 
 
-def create_method(name: str, classes: list[str], **config: Any) -> Attributor:  # noqa: ANN401
-    """An untrained attributor of method ``name`` for the known ``classes``.
-
-    ``config`` overrides the method's defaults (``backbone``, ``input``, ``crop``, ``epochs``,
-    ``lr``, ``per_class``, ``embed_dim``, ``width``, ``device``, method options ...).
-    """
+def method_class(name: str) -> type[NetworkMethod]:
+    """The registered class of method ``name`` (a clear error otherwise)."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
-    return METHODS[name](list(classes), **config)
+    return METHODS[name]
 
 
-def load_attributor(bundle_dir: str | Path, device: str = "auto") -> Attributor:
+def split_config(method: str, config: Mapping[str, Any]) -> tuple[dict, dict, str | None, dict]:
+    """Flat options -> (preprocess, method options, score name, score options).
+
+    ``score`` names the score; ``score.<option>`` (or the first format's ``knn_k``) set its options.
+    """
+    cfg = dict(config)
+    score = cfg.pop("score", None)
+    score_opts = {k[6:]: cfg.pop(k) for k in list(cfg) if k.startswith("score.")}
+    if "knn_k" in cfg:  # the first format's name of the knn score's k
+        score_opts["k"] = cfg.pop("knn_k")
+    pre, opts = split_options(cfg, Preprocess, method_class(method).Options)
+    return pre, opts, score, score_opts
+
+
+def create_method(name: str, classes: list[str], *, device: str = "auto", **config: Any) -> NetworkMethod:  # noqa: ANN401
+    """An untrained model of method ``name`` for the known ``classes``.
+
+    ``config`` holds preprocessing options (``input``, ``crop``, ``resize``, ``augment``),
+    method options (``backbone``, ``epochs``, ``lr``, ...), ``score`` and ``score.<option>``.
+    """
+    pre, opts, score, score_opts = split_config(name, {k: v for k, v in config.items() if v is not None})
+    return method_class(name)(list(classes), options=opts, preprocess=pre, score=score, score_options=score_opts,
+                              device=device)
+
+
+def load_attributor(bundle_dir: str | Path, device: str = "auto") -> NetworkMethod:
     """Load the bundle in ``bundle_dir`` (``model.json`` names the method); never unpickles."""
     d = Path(bundle_dir)
     if d.is_file():
         d = d.parent
     doc = read_bundle_json(d)
     method = doc["method"]
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"{d / 'model.json'}: unknown method {method!r}; known: {sorted(METHODS)}")
     return METHODS[method].load(d, device=device)
+
+
+def _resume_config(saved: Path, method: str) -> dict[str, Any]:
+    """The flat configuration an interrupted run was started with (both formats)."""
+    from osma.methods.legacy import split_flat_config
+
+    prev = json.loads(saved.read_text(encoding="utf-8"))
+    if "options" not in prev:  # first format: one flat dict
+        prev = split_flat_config(method, prev, f"{saved}: ")
+    return {**prev["preprocess"], **prev["options"], "score": prev["score"]["name"],
+            **{f"score.{k}": v for k, v in prev["score"].get("options", {}).items()}}
 
 
 def train(
@@ -57,56 +90,45 @@ def train(
     out: str | Path,
     *,
     epochs: int | None = None,
-    backbone: str | None = None,
-    input: str | None = None,  # noqa: A002 - mirrors the --input option
-    crop: int | None = None,
     device: str = "auto",
     seed: int = 0,
     resume: bool = False,
-    per_class: int | None = None,
     batch_size: int | None = None,
-    lr: float | None = None,
     progress: bool = True,
     root: str | Path | None = None,
-    **method_options: Any,  # noqa: ANN401
-) -> Attributor:
+    **config: Any,  # noqa: ANN401
+) -> NetworkMethod:
     """Train ``method`` on ``split`` of ``data_list`` into run directory ``out``.
 
-    ``None`` options take the method's defaults. ``batch_size`` (images per batch) is an
-    alternative to ``per_class`` (images per class per balanced batch): it is divided by
-    the number of known classes. ``resume`` continues after the last checkpoint in
-    ``out/checkpoints`` with the configuration saved there (an exact continuation).
-    Returns the trained attributor (also saved as a bundle in ``out``).
+    ``config``: flat options as for :func:`create_method` (``None`` values take the
+    defaults). ``batch_size`` (images per batch) is an alternative to ``per_class`` (images
+    per class per balanced batch): it is divided by the number of known classes.
+    ``resume`` continues after the last checkpoint in ``out/checkpoints`` with the
+    configuration saved there (an exact continuation; ``epochs`` may change).
+    Returns the trained model (also saved as a bundle in ``out``).
     """
-    import json
-
     from osma.data import load_split
+    from osma.runtime import seed_everything
+    from osma.trainer import Trainer
 
     sp = load_split(data_list, split, **({"root": root} if root is not None else {}))
     classes = list(sp.known_classes)
-    if per_class is None and batch_size is not None:
-        per_class = max(1, int(batch_size) // len(classes))
-    config: dict[str, Any] = {
-        "epochs": epochs, "backbone": backbone, "input": input, "crop": crop, "seed": seed,
-        "per_class": per_class, "lr": lr, **method_options,
-    }
+    cfg = {k: v for k, v in config.items() if v is not None}
+    if cfg.get("per_class") is None and batch_size is not None:
+        cfg["per_class"] = max(1, int(batch_size) // len(classes))
+    cfg.update(seed=seed, **({"epochs": epochs} if epochs is not None else {}))
     saved = Path(out) / "checkpoints" / "config.json"
     if resume and saved.is_file():
         # the interrupted run's configuration wins (except a longer/shorter epoch count)
-        prev = json.loads(saved.read_text(encoding="utf-8"))
-        prev.pop("train_counts", None)
-        prev.pop("training", None)
-        prev.pop("n_train_classes", None)
-        config = {**prev, **({"epochs": epochs} if epochs is not None else {})}
-    from osma.runtime import seed_everything
-
-    seed_everything(int(config.get("seed") or 0))  # weight initialisation depends on it
-    att = create_method(method, classes, device=device, **config)
-    att.fit(sp, out, epochs=epochs, resume=resume, progress=progress)
+        cfg = {**_resume_config(saved, method), **({"epochs": epochs} if epochs is not None else {})}
+    seed_everything(int(cfg.get("seed") or 0))  # weight initialisation depends on it
+    att = create_method(method, classes, device=device, **cfg)
+    Trainer(att, out, progress=progress).fit(sp, resume=resume, data=str(data_list))
     return att
 
 
 __all__ = [
-    "METHODS", "Attributor", "Prediction", "NetworkAttributor", "SoftmaxAttributor", "PoseAttributor",
-    "MetricAttributor", "create_method", "load_attributor", "train",
+    "METHODS", "SCORES", "Attributor", "MetricMethod", "NetworkMethod", "NetworkOptions", "PoseMethod", "Prediction",
+    "Preprocess", "SoftmaxMethod", "create_method", "load_attributor", "method_class", "register_method",
+    "split_config", "train",
 ]

@@ -1,7 +1,9 @@
 """The common interface of every attribution method (softmax, pose, metric, ...).
 
-An *attributor* is a trained embedding network plus whatever it needs to score: a
-classifier head, class centroids and spreads, a threshold. Every evaluation, command
+An *attributor* is a trained model as inference sees it: it embeds images, scores
+embeddings against its known (and enrolled) sources, enrolls new ones, and saves itself.
+Training is not part of this interface: :class:`osma.trainer.Trainer` trains the neural
+methods (:class:`osma.methods.network.NetworkMethod`). Every evaluation, command
 and the HTTP service use only this interface, so methods are interchangeable.
 
 Sign convention (shared with :mod:`osma.metrics`): a higher ``score`` means "more
@@ -13,25 +15,9 @@ Bundles on disk are a directory with ``model.safetensors`` (tensors only) and
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-
 import numpy as np
 
-
-@dataclass
-class Prediction:
-    """Batch output of :meth:`Attributor.predict`.
-
-    ``pred``: index of the nearest / most likely known source, shape (N,).
-    ``score``: knownness score, higher = more likely known, shape (N,).
-    ``class_scores``: per-source scores, shape (N, C), same ordering as ``classes``.
-    ``embedding``: the embeddings, shape (N, D).
-    """
-
-    pred: np.ndarray
-    score: np.ndarray
-    class_scores: np.ndarray
-    embedding: np.ndarray
+from osma.scores.base import Prediction
 
 
 class Attributor(ABC):
@@ -49,12 +35,8 @@ class Attributor(ABC):
     #: sources added by :meth:`enroll` -> number of images used; saved in model.json
     enrolled: dict[str, int]
 
-    #: training / preprocessing configuration (backbone, input, crop, ...); saved in model.json
+    #: every option in one flat dict (preprocessing, method, score, training record), read-only
     config: dict
-
-    @abstractmethod
-    def fit(self, split, out_dir, **train_kwargs) -> None:  # noqa: ANN001
-        """Train on ``split.train`` (known classes), checkpointing into ``out_dir``."""
 
     @abstractmethod
     def embed_arrays(self, images: list[np.ndarray]) -> np.ndarray:

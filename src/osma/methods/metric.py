@@ -6,19 +6,14 @@ backbone, the proxies with their own optimiser and a much larger learning rate (
 euwern/proxynca_pp, which uses Adam with eps = 1 for the proxies, i.e. nearly SGD).
 Training augmentation: JPEG re-compression (Fang et al.).
 
-After training: on L2-normalised training embeddings, class centroids r_i and spreads
-sigma_i = sqrt(sum ||h(x) - r_i||^2 / (n_i - 1)). Prediction (``score="centroid"``, the
-paper's rule and the default): the nearest centroid i; ``class_scores[:, i] =
--d(h(x), r_i) / sigma_i`` and ``score`` is that of the nearest centroid. The paper rejects
-when d / sigma >= tau_paper; with osma's convention (accept when score >= tau) that is
-tau = -tau_paper (up to the boundary point).
-
-``score="knn"`` (osma's option, not in the paper): the bundle also keeps every normalised
-training embedding, and ``class_scores[:, i]`` is minus the distance to the k-th nearest
-training embedding of class i (k = ``knn_k``, at most the class's size); prediction and
-score are the best class's. On the `mini` zoo this scores the same ProxyNCA++ embeddings
-far better than the centroids do (README, "Why metric learning trails"), because the
-classes it learns are not compact around one centre.
+After training, the paper's rule is the default score, ``centroid``
+(:mod:`osma.scores.centroid`): on L2-normalised training embeddings, class centroids r_i
+and spreads sigma_i; an image goes to the nearest centroid and its score is -d / sigma.
+``knn`` (:mod:`osma.scores.knn`, osma's option, not in the paper) scores the same
+ProxyNCA++ embeddings far better on the `mini` zoo (docs/results.md, "Why metric learning
+trails"), because the classes it learns are not compact around one centre. With the
+proxies as a classifier head (logits = minus the squared scaled distances to the
+proxies), the logit scores (``msp``, ``max_logit``, ``energy``) apply too.
 
 Optional forensic pretraining (``pretrain_epochs`` > 0, replacing the paper's camera-model
 pretraining, for which no database exists here): before metric learning the backbone
@@ -28,8 +23,7 @@ blur, noise, gamma) was applied to real photos (the ``real`` class) of the train
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,9 +31,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from torch import nn
 
-from osma.methods.base import Prediction
 from osma.methods.losses import ProxyNCAPP
-from osma.methods.network import NetworkAttributor, centroid_distances, class_statistics, l2_normalize
+from osma.methods.network import NetworkMethod, NetworkOptions
+from osma.methods.registry import register_method
+from osma.options import opt
 
 #: the pretext task's processing chains (label = index)
 CHAINS: tuple[str, ...] = (
@@ -71,154 +66,87 @@ def apply_chain(img: np.ndarray, chain: str, rng: np.random.Generator) -> np.nda
     raise ValueError(f"unknown processing chain {chain!r}")
 
 
-class MetricAttributor(NetworkAttributor):
-    """ProxyNCA++ embedding + centroid / spread scoring."""
+@dataclass
+class MetricOptions(NetworkOptions):
+    backbone: str = opt("mislnet", "embedding network (osma.models registry)")
+    embed_dim: int = opt(200, "embedding size", min=1)
+    lr: float = opt(1e-3, "learning rate of the network", min=0)
+    proxy_lr: float = opt(40.0, "learning rate of the proxies (Adam with eps = 1, nearly SGD)", min=0)
+    proxy_scale: float = opt(3.0, "scale of normalised embeddings and proxies: sqrt(1/T), T = 1/9", min=1e-6)
+    pretrain_epochs: int = opt(0, "forensic pretraining epochs (processing-chain classification) before metric learning", min=0)
+    pretrain_class: str = opt("real", "the class whose images the pretext task uses")
 
-    method = "metric"
-    defaults: dict[str, Any] = {
-        "backbone": "mislnet",
-        "input": "rgb",
-        "embed_dim": 200,
-        "lr": 1e-3,
-        "proxy_lr": 40.0,
-        "proxy_scale": 3.0,
-        "augment": "jpeg",
-        "pretrain_epochs": 0,
-        "pretrain_class": "real",
-        "score": "centroid",
-        "knn_k": 10,
-    }
 
-    #: L2-normalised training (and enrolled) embeddings and their class indices (score="knn")
-    references: torch.Tensor | None = None
-    reference_labels: torch.Tensor | None = None
+@register_method("metric")
+class MetricMethod(NetworkMethod):
+    """ProxyNCA++ embedding; centroid / spread scoring by default."""
+
+    Options = MetricOptions
+    preprocess_defaults = {"input": "rgb", "augment": "jpeg"}
+    default_score = "centroid"
 
     def build(self) -> None:
-        if self.config["score"] not in ("centroid", "knn"):
-            raise ValueError(f"unknown score {self.config['score']!r}: use centroid or knn")
-        if int(self.config["knn_k"]) < 1:
-            raise ValueError(f"knn_k must be >= 1, got {self.config['knn_k']}")
-        self.proxy = ProxyNCAPP(self.n_train, int(self.config["embed_dim"]), float(self.config["proxy_scale"]))
-        self.pretext = nn.Linear(int(self.config["embed_dim"]), len(CHAINS))
+        self.proxy = ProxyNCAPP(self.n_train, self.opts.embed_dim, self.opts.proxy_scale)
+        self.pretext = nn.Linear(self.opts.embed_dim, len(CHAINS))
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"backbone": self.backbone, "proxy": self.proxy, "pretext": self.pretext}
+        return {"backbone": self.backbone, "proxy": self.proxy, "pretext": self.pretext, "input": self.input}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        lr = float(self.config["lr"])
+        lr = self.opts.lr
         return {
             "model": torch.optim.Adam(self.backbone.parameters(), lr=lr),
-            "proxies": torch.optim.Adam(self.proxy.parameters(), lr=float(self.config["proxy_lr"]), eps=1.0),
+            "proxies": torch.optim.Adam(self.proxy.parameters(), lr=self.opts.proxy_lr, eps=1.0),
             "pretext": torch.optim.Adam(self.pretext.parameters(), lr=lr),
         }
 
+    def logits(self, emb: torch.Tensor) -> torch.Tensor:
+        """Minus the squared scaled distances to the proxies (what ProxyNCA++'s softmax reads)."""
+        return -self.proxy.distances(emb.to(self.device))
+
     # ------------------------------------------------------------------ training
     def total_epochs(self) -> int:
-        return int(self.config["pretrain_epochs"]) + int(self.config["epochs"])
+        return self.opts.pretrain_epochs + self.opts.epochs
 
     def epoch_samples(self, epoch: int, samples: list) -> list | None:  # noqa: ANN001
         """Pretext epochs train on the ``pretrain_class`` (real) images only."""
-        if epoch < int(self.config["pretrain_epochs"]):
-            real = [s for s in samples if s.label == self.config["pretrain_class"]]
+        if epoch < self.opts.pretrain_epochs:
+            real = [s for s in samples if s.label == self.opts.pretrain_class]
             if len(real) < 2:
-                raise ValueError(f"forensic pretraining needs images of class {self.config['pretrain_class']!r}")
+                raise ValueError(f"forensic pretraining needs images of class {self.opts.pretrain_class!r}")
             return real
         return None
 
-    def train_epoch(self, epoch: int, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-                    opts: dict[str, torch.optim.Optimizer], scheds: dict[str, Any]) -> Iterator[dict[str, float]]:
-        if epoch < int(self.config["pretrain_epochs"]):
-            yield from self._pretext_epoch(epoch, batches, opts)
-            return
-        for x, y in batches:
-            for o in opts.values():
-                o.zero_grad(set_to_none=True)
-            loss = self.proxy(self.features(x), y)
-            loss.backward()
-            opts["model"].step()
-            opts["proxies"].step()
-            self.after_step()
-            yield {"loss_proxynca": loss.item()}
+    def begin_epoch(self, ctx) -> None:  # noqa: ANN001
+        if ctx.epoch < self.opts.pretrain_epochs:
+            ctx.state["rng"] = np.random.default_rng([self.opts.seed, ctx.epoch, 17])
 
-    def _pretext_epoch(self, epoch: int, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-                       opts: dict[str, torch.optim.Optimizer]) -> Iterator[dict[str, float]]:
-        rng = np.random.default_rng([int(self.config["seed"]), epoch, 17])
-        for x, _ in batches:
-            # back to uint8 (exact: pixels = u / 127.5 - 1), process, forward
-            u8 = ((x.detach().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-            labels = rng.integers(0, len(CHAINS), len(u8))
-            proc = np.stack([apply_chain(np.ascontiguousarray(im), CHAINS[k], rng) for im, k in zip(u8, labels)])
-            for o in opts.values():
-                o.zero_grad(set_to_none=True)
-            logits = self.pretext(self.features(self.input_tensor(proc)))
-            t = torch.from_numpy(labels).long().to(self.device)
-            loss = F.cross_entropy(logits, t)
-            loss.backward()
-            opts["model"].step()
-            opts["pretext"].step()
-            self.after_step()
-            yield {"loss_pretext": loss.item(), "acc_pretext": float((logits.argmax(1) == t).float().mean())}
+    def train_step(self, ctx, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:  # noqa: ANN001
+        opts = ctx.optimizers
+        if ctx.epoch < self.opts.pretrain_epochs:
+            return self._pretext_step(ctx, x, opts)
+        for o in opts.values():
+            o.zero_grad(set_to_none=True)
+        loss = self.proxy(self.features(x), y)
+        loss.backward()
+        opts["model"].step()
+        opts["proxies"].step()
+        self.after_step()
+        return {"loss_proxynca": loss.item()}
 
-    def finalize(self, emb: np.ndarray, labels: np.ndarray) -> None:
-        """Centroids and spreads of the L2-normalised training embeddings (and, for
-        ``score="knn"``, the embeddings themselves as references)."""
-        unit = l2_normalize(emb)
-        cent, sig = class_statistics(unit, labels, self.n_train)
-        self.centroids, self.sigmas = torch.from_numpy(cent), torch.from_numpy(sig)
-        if self.config["score"] == "knn":
-            self.references = torch.from_numpy(unit.astype(np.float32))
-            self.reference_labels = torch.from_numpy(np.asarray(labels, np.int64))
-
-    def buffers(self) -> dict[str, torch.Tensor]:
-        out = super().buffers()
-        if self.references is not None and self.reference_labels is not None:
-            out.update(references=self.references, reference_labels=self.reference_labels)
-        return out
-
-    def set_buffers(self, tensors: dict[str, torch.Tensor]) -> None:
-        super().set_buffers(tensors)
-        self.references = tensors.get("references")
-        self.reference_labels = tensors.get("reference_labels")
-
-    # ------------------------------------------------------------------ scoring
-    def predict_embeddings(self, emb: np.ndarray) -> Prediction:
-        """Nearest centroid; scores -d / sigma (higher = more likely known)."""
-        if self.centroids is None or self.sigmas is None:
-            raise RuntimeError("metric attributor has no centroids: train it (or load a trained bundle) first")
-        e = np.asarray(emb, np.float32).reshape(-1, int(self.config["embed_dim"]))
-        if self.config["score"] == "knn":
-            cs = self._knn_scores(l2_normalize(e))
-            pred = cs.argmax(1)
-            return Prediction(pred, cs[np.arange(len(e)), pred], cs, e)
-        d = centroid_distances(l2_normalize(e), self.centroids.numpy())
-        cs = -d / self.sigmas.double().numpy()[None, :]
-        pred = d.argmin(1)
-        return Prediction(pred, cs[np.arange(len(e)), pred], cs, e)
-
-    def _knn_scores(self, x: np.ndarray, chunk: int = 1024) -> np.ndarray:
-        """(N, C): minus the distance of each normalised embedding to the k-th nearest
-        reference of each class (k = min(knn_k, the class's number of references))."""
-        if self.references is None or self.reference_labels is None:
-            raise RuntimeError("metric attributor has no kNN references: train it with score='knn' first")
-        refs, lab = self.references.numpy(), self.reference_labels.numpy()
-        k = int(self.config["knn_k"])
-        out = np.empty((len(x), len(self.classes)))
-        for c in range(len(self.classes)):
-            rc = refs[lab == c]
-            kc = min(k, len(rc))
-            for lo in range(0, len(x), chunk):  # bounded memory: chunk x n_c distances
-                d = centroid_distances(x[lo:lo + chunk], rc)
-                out[lo:lo + chunk, c] = -np.partition(d, kc - 1, axis=1)[:, kc - 1]
-        return out
-
-    def enroll(self, name: str, emb: np.ndarray) -> None:
-        """A new centroid and spread from the new source's (normalised) embeddings; with
-        ``score="knn"`` its embeddings also become its references."""
-        e = l2_normalize(self._check_enroll(name, emb))
-        if self.config["score"] == "knn":
-            if self.references is None or self.reference_labels is None:
-                raise ValueError(f"enroll {name!r}: the model has no kNN references (train or load it first)")
-            self.references = torch.cat([self.references, torch.from_numpy(e.astype(np.float32))])
-            new = torch.full((len(e),), len(self.classes), dtype=torch.int64)
-            self.reference_labels = torch.cat([self.reference_labels, new])
-        self._add_reference(name, e)
+    def _pretext_step(self, ctx, x: torch.Tensor, opts: dict[str, torch.optim.Optimizer]) -> dict[str, float]:  # noqa: ANN001
+        rng = ctx.state["rng"]
+        # back to uint8 (exact: pixels = u / 127.5 - 1), process, forward
+        u8 = ((x.detach().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        labels = rng.integers(0, len(CHAINS), len(u8))
+        proc = np.stack([apply_chain(np.ascontiguousarray(im), CHAINS[k], rng) for im, k in zip(u8, labels)])
+        for o in opts.values():
+            o.zero_grad(set_to_none=True)
+        logits = self.pretext(self.features(self.input_tensor(proc)))
+        t = torch.from_numpy(labels).long().to(self.device)
+        loss = F.cross_entropy(logits, t)
+        loss.backward()
+        opts["model"].step()
+        opts["pretext"].step()
+        self.after_step()
+        return {"loss_pretext": loss.item(), "acc_pretext": float((logits.argmax(1) == t).float().mean())}

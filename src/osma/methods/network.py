@@ -1,23 +1,25 @@
-"""What every neural attributor shares: the backbone, preprocessing, batched embedding,
-the training loop with exact checkpoint / resume, class statistics, and bundle I/O.
+"""What every neural method shares: options, preprocessing, the backbone and input
+transform, batched embedding, the knownness score, enrollment and bundle I/O.
 
-A method subclasses :class:`NetworkAttributor` and supplies its extra modules
-(:meth:`build`), one training epoch (:meth:`train_epoch`), what it computes after
-training (:meth:`finalize`), its scoring (:meth:`predict_embeddings`) and enrollment.
+A method subclasses :class:`NetworkMethod` and supplies its options dataclass, its extra
+modules (:meth:`build`), its optimisers, and **one training step** (:meth:`train_step`)
+that returns named losses; the loop, checkpoints, exact resume, the log and precise-BN
+belong to :class:`osma.trainer.Trainer`. Scoring belongs to a :mod:`osma.scores` score,
+fitted after training on the training embeddings (:meth:`fit_score`).
 
-Exact resume: at the start of epoch ``e`` every random generator is re-seeded from
-``(seed, e)`` and the data order and augmentations are drawn from that seed, so an epoch is
-a deterministic function of the state at its start; the checkpoint written after each
-epoch (modules, optimisers, schedulers, epoch, log; safetensors + JSON) is that state.
+Bundles: ``model.safetensors`` (module weights under ``<module>.``, the score's fitted
+state under ``score.``) and ``model.json`` (``preprocess``, ``options``, ``score``,
+``training``: the configuration and the training record kept apart). Loading never
+executes code; bundles of the first format (``osma-bundle/1``) are converted on load.
 """
 from __future__ import annotations
 
 import json
 import platform
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -25,100 +27,124 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from osma.methods.base import Attributor, Prediction
-from osma.methods.state import load_state, save_state
-from osma.models import constrain, create_backbone, pixels_to_input, to_pixels
-from osma.runtime import resolve_device, seed_everything
+from osma.models import BACKBONES, INPUTS, constrain, create_backbone, create_input, to_pixels
+from osma.options import OptionError, Options, opt
+from osma.runtime import resolve_device
+from osma.scores import Features, Score, create_score
 
-#: configuration every network method understands (methods override some defaults)
-COMMON_DEFAULTS: dict[str, Any] = {
-    "backbone": "simple_cnn",
-    "input": "rgb",
-    "crop": 32,
-    "resize": None,
-    "embed_dim": 512,
-    "width": 1.0,
-    "epochs": 10,
-    "per_class": 8,
-    "batches_per_epoch": None,  # None: about one pass over the training data per epoch
-    "lr": 1e-4,
-    "augment": "none",
-    "seed": 0,
-    "embed_batch_size": 128,
-    "workers": None,
-    "cache_limit": 100_000,
-    "precise_bn": True,
-    "keep_checkpoints": 2,  # epoch checkpoints kept (newest first); 0 keeps all
-}
+BUNDLE_FORMAT = "osma-bundle/2"
+AUGMENTS = ("none", "flip", "jpeg", "jpeg+flip")
+
+
+@dataclass
+class Preprocess(Options):
+    """How an image becomes the network input (the same for training and inference)."""
+
+    owner = "preprocess"
+    input: str = opt("rgb", "network input transform (osma.models.inputs registry)")
+    crop: int = opt(32, "side of the square crop the network sees, in pixels", min=4)
+    resize: int | None = opt(None, "resize images to this square size before cropping (None: never resample)", min=4)
+    augment: str = opt("none", "training augmentation", choices=AUGMENTS)
+
+    def validate(self) -> None:
+        if self.input not in INPUTS:
+            raise OptionError(f"preprocess: option 'input': {self.input!r} is not one of {sorted(INPUTS)}")
+
+
+@dataclass
+class NetworkOptions(Options):
+    """Options every network method has (methods add theirs and change defaults)."""
+
+    backbone: str = opt("simple_cnn", "embedding network (osma.models registry)")
+    embed_dim: int = opt(512, "embedding size", min=1)
+    width: float = opt(1.0, "channel multiplier of the backbone", min=0.01)
+    epochs: int = opt(10, "training epochs", min=0)
+    per_class: int = opt(8, "images per class in each balanced batch", min=1)
+    batches_per_epoch: int | None = opt(None, "balanced batches per epoch (None: about one pass over the data)", min=1)
+    lr: float = opt(1e-4, "learning rate of the network", min=0)
+    seed: int = opt(0, "seed of initialisation, data order and augmentation")
+    embed_batch_size: int = opt(128, "images per batch when embedding", min=1)
+    workers: int | None = opt(None, "DataLoader worker processes (None: from the CPU count)", min=0)
+    cache_limit: int = opt(100_000, "keep decoded training images in memory up to this many", min=0)
+    precise_bn: bool = opt(True, "recompute BatchNorm statistics over the training images after training")
+    keep_checkpoints: int = opt(2, "epoch checkpoints kept (newest first); 0 keeps all", min=0)
+    init_from: str | None = opt(None, "start from a trained bundle's weights (modules with matching names and shapes)")
+
+    def validate(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise OptionError(f"{self.owner}: option 'backbone': {self.backbone!r} is not one of {sorted(BACKBONES)}")
+
+
+@dataclass
+class TrainingRecord:
+    """What training produced (kept apart from the configuration in ``model.json``)."""
+
+    train_counts: dict[str, int] = field(default_factory=dict)
+    epochs_done: int = 0
+    resumed_from: int | None = None
+    data: str | None = None
+    split: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"train_counts": self.train_counts, "epochs_done": self.epochs_done,
+                "resumed_from": self.resumed_from, "data": self.data, "split": self.split}
 
 
 def _versions() -> dict[str, str]:
     import osma
 
-    return {"osma": osma.__version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    return {"osma": osma.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
 
 
-class NetworkAttributor(Attributor):
-    """Base of the neural attributors (softmax, pose, metric)."""
+class NetworkMethod(Attributor):
+    """Base of the neural methods (softmax, pose, metric, ...)."""
 
-    #: per-method defaults layered over :data:`COMMON_DEFAULTS`
-    defaults: dict[str, Any] = {}
+    #: the method's options dataclass (a subclass of :class:`NetworkOptions`)
+    Options: ClassVar[type[NetworkOptions]] = NetworkOptions
+    #: the method's preprocessing defaults (over :class:`Preprocess`'s)
+    preprocess_defaults: ClassVar[dict[str, Any]] = {}
+    #: the paper's knownness score
+    default_score: ClassVar[str] = "msp"
 
-    def __init__(self, classes: list[str], device: str = "auto", **config: Any) -> None:  # noqa: ANN401
+    def __init__(self, classes: list[str], *, options: NetworkOptions | Mapping[str, Any] | None = None,
+                 preprocess: Preprocess | Mapping[str, Any] | None = None, score: str | None = None,
+                 score_options: Mapping[str, Any] | None = None, device: str = "auto") -> None:
         if len(classes) < 2:
             raise ValueError(f"need at least two known classes, got {classes}")
-        unknown = set(config) - set(COMMON_DEFAULTS) - set(self.defaults) - {"n_train_classes", "train_counts", "training"}
-        if unknown:
-            raise ValueError(f"unknown option(s) for method {self.method!r}: {sorted(unknown)}")
         self.classes = list(classes)
-        self.tau = None
-        self.enrolled = {}
-        cfg = {**COMMON_DEFAULTS, **self.defaults}
-        cfg.update({k: v for k, v in config.items() if v is not None})
-        cfg.setdefault("n_train_classes", len(self.classes))
-        self.config = cfg
-        if cfg["input"] not in ("rgb", "dct"):
-            raise ValueError(f"unknown input {cfg['input']!r}: use rgb or dct")
+        self.n_train = len(self.classes)
+        self.tau: float | None = None
+        self.enrolled: dict[str, int] = {}
+        self.opts = options if isinstance(options, self.Options) else self.Options.from_dict(options or {})
+        self.pre = preprocess if isinstance(preprocess, Preprocess) else Preprocess.from_dict(
+            {**self.preprocess_defaults, **dict(preprocess or {})})
+        self.score: Score = create_score(score or self.default_score, score_options)
+        self.training = TrainingRecord()
         self.device = resolve_device(device)
-        self.backbone = create_backbone(
-            cfg["backbone"], in_size=self.in_size, embed_dim=int(cfg["embed_dim"]), width=float(cfg["width"])
-        )
-        #: per-class centroid and spread of training (and enrolled) embeddings, set by finalize
-        self.centroids: torch.Tensor | None = None
-        self.sigmas: torch.Tensor | None = None
+        # the network sees crop x crop patches (after the optional resize)
+        self.input = create_input(self.pre.input, self.pre.crop)
+        self.backbone = create_backbone(self.opts.backbone, in_size=self.pre.crop, in_channels=self.input.out_channels,
+                                        embed_dim=self.opts.embed_dim, width=self.opts.width)
         self.build()
         self.to(self.device)
 
     # ------------------------------------------------------------------ structure
     @property
-    def in_size(self) -> int:
-        """Side of the network input (the crop, or the resize target when resizing)."""
-        return int(self.config["resize"] or self.config["crop"])
-
-    @property
-    def n_train(self) -> int:
-        """Number of classes the network was trained on (enrolled ones come after)."""
-        return int(self.config["n_train_classes"])
+    def config(self) -> dict[str, Any]:
+        """Every option in one flat, read-only dict (preprocessing, method, score, ``training``)."""
+        return {**self.pre.to_dict(), **self.opts.to_dict(), "score": self.score.name,
+                **{f"score.{k}": v for k, v in self.score.options.to_dict().items()},
+                "train_counts": self.training.train_counts, "training": self.training.to_dict()}
 
     def build(self) -> None:
         """Create the method's extra modules (heads, proxies)."""
 
     def modules(self) -> dict[str, nn.Module]:
-        """Trainable modules saved in the bundle, by name."""
-        return {"backbone": self.backbone}
+        """Modules saved in the bundle, by name (trainable ones and the input transform)."""
+        return {"backbone": self.backbone, "input": self.input}
 
-    def buffers(self) -> dict[str, torch.Tensor]:
-        """Extra tensors saved in the bundle (centroids, sigmas, ...)."""
-        out = {}
-        if self.centroids is not None and self.sigmas is not None:
-            out = {"centroids": self.centroids, "sigmas": self.sigmas}
-        return out
-
-    def set_buffers(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Restore what :meth:`buffers` returned."""
-        self.centroids = tensors.get("centroids")
-        self.sigmas = tensors.get("sigmas")
-
-    def to(self, device: torch.device) -> "NetworkAttributor":
+    def to(self, device: torch.device) -> "NetworkMethod":
         """Move every module to ``device``."""
         self.device = torch.device(device)
         for m in self.modules().values():
@@ -126,32 +152,27 @@ class NetworkAttributor(Attributor):
         return self
 
     def train_mode(self, on: bool) -> None:
+        """Train (``True``) or evaluation mode for every module."""
         for m in self.modules().values():
             m.train(on)
 
     # ------------------------------------------------------------------ preprocessing
-    def prepare(self, img: np.ndarray) -> np.ndarray:
-        """One decoded uint8 HxWx3 image -> the evaluation input patch (as in training:
-        optional square ``resize``, then the centre ``crop``, reflect-padded if smaller)."""
-        from osma.images import center_crop, resize
-
-        img = np.asarray(img)
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 HxWx3 image, got {img.dtype} {img.shape}")
-        if self.config["resize"]:
-            img = resize(img, int(self.config["resize"]))
-        return np.ascontiguousarray(center_crop(img, int(self.config["crop"])))
-
     def crop_config(self, train: bool):  # noqa: ANN201 - osma.images.CropConfig
         """The :class:`osma.images.CropConfig` of training (``train``) or evaluation."""
         from osma.images import CropConfig
 
-        aug = str(self.config["augment"])
-        allowed = {"none", "flip", "jpeg", "jpeg+flip"}
-        if aug not in allowed:
-            raise ValueError(f"unknown augment {aug!r}; choose one of {sorted(allowed)}")
-        return CropConfig(size=int(self.config["crop"]), resize=self.config["resize"], train=train,
+        aug = self.pre.augment
+        return CropConfig(size=self.pre.crop, resize=self.pre.resize, train=train,
                           jpeg=train and "jpeg" in aug, flip=train and "flip" in aug)
+
+    def prepare(self, img: np.ndarray) -> np.ndarray:
+        """One decoded uint8 HxWx3 image -> the evaluation patch (:func:`osma.images.eval_patch`)."""
+        from osma.images import eval_patch
+
+        img = np.asarray(img)
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 HxWx3 image, got {img.dtype} {img.shape}")
+        return eval_patch(img, self.pre.crop, self.pre.resize)
 
     def input_tensor(self, batch_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 patches, (N, H, W, 3) arrays or (N, 3, H, W) tensors (loader batches), ->
@@ -163,41 +184,24 @@ class NetworkAttributor(Attributor):
             raise ValueError(f"expected (N, H, W, 3) or (N, 3, H, W) uint8 patches, got shape {tuple(t.shape)}")
         return to_pixels(t.contiguous().to(self.device))
 
-    def net_input(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[-1, 1] pixels -> network input (identity or DCT)."""
-        return pixels_to_input(pixels, self.config["input"])
-
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Embeddings of [-1, 1] pixel batches (gradients flow; mode as currently set)."""
-        return self.backbone(self.net_input(pixels))
+        return self.backbone(self.input(pixels))
 
-    # ------------------------------------------------------------------ embedding
-    @torch.no_grad()
-    def embed_arrays(self, images: list[np.ndarray], batch_size: int | None = None) -> np.ndarray:
-        """Embed decoded uint8 HxWx3 images (centre crop as in training), in batches."""
-        bs = int(batch_size or self.config["embed_batch_size"])
-        self.train_mode(False)
-        out = []
-        for i in range(0, len(images), bs):
-            patches = np.stack([self.prepare(np.asarray(im)) for im in images[i : i + bs]])
-            out.append(self.features(self.input_tensor(patches)).float().cpu().numpy())
-        dim = int(self.config["embed_dim"])
-        return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+    def loader(self, samples: Iterable[Any], *, train: bool, batch_size: int | None = None,  # noqa: ANN401
+               per_class: int | None = None, batches: int | None = None):  # noqa: ANN201
+        """An :func:`osma.images.make_loader` over labelled samples with this model's patches.
 
-    @torch.no_grad()
-    def embed_loader(self, loader: Iterable[Any]) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN401
-        """Embed every batch of a loader yielding ``(uint8 N x 3 x S x S, labels, ...)`` (e.g.
-        :meth:`loader` / :func:`osma.images.make_loader` with the evaluation crop).
-        Returns (embeddings (N, D), labels (N,))."""
-        self.train_mode(False)
-        embs, labels = [], []
-        for batch in loader:
-            x, y = batch[0], batch[1]
-            embs.append(self.features(self.input_tensor(x)).float().cpu().numpy())
-            labels.append(np.asarray(y))
-        if not embs:
-            return np.zeros((0, int(self.config["embed_dim"])), np.float32), np.zeros(0, np.int64)
-        return np.concatenate(embs), np.concatenate(labels)
+        ``train``: random crops + augmentation, balanced batches of ``per_class`` images per
+        class; else evaluation patches in order. Decoded images are cached in memory for
+        benchmarks up to ``cache_limit`` images.
+        """
+        from osma.images import ImageDataset, make_loader
+
+        pairs = self.label_index(samples)
+        ds = ImageDataset(pairs, self.crop_config(train), cache=len(pairs) <= self.opts.cache_limit, seed=self.opts.seed)
+        return make_loader(ds, int(batch_size or self.opts.embed_batch_size), train=train, per_class=per_class,
+                           workers=self.opts.workers, seed=self.opts.seed, batches=batches)
 
     def label_index(self, samples: Iterable[Any]) -> list[tuple[Path, int]]:  # noqa: ANN401
         """``Sample(path, class name)`` -> ``(path, class index)``; unknown names are an error."""
@@ -209,47 +213,90 @@ class NetworkAttributor(Attributor):
             out.append((Path(s.path), idx[s.label]))
         return out
 
-    def loader(self, samples: Iterable[Any], *, train: bool, batch_size: int | None = None,  # noqa: ANN401
-               per_class: int | None = None, batches: int | None = None):  # noqa: ANN201
-        """An :func:`osma.images.make_loader` over labelled samples with this model's crops.
+    # ------------------------------------------------------------------ embedding and scoring
+    @torch.no_grad()
+    def embed_arrays(self, images: list[np.ndarray], batch_size: int | None = None) -> np.ndarray:
+        """Embed decoded uint8 HxWx3 images (evaluation patches), in batches."""
+        bs = int(batch_size or self.opts.embed_batch_size)
+        self.train_mode(False)
+        out = []
+        for i in range(0, len(images), bs):
+            patches = np.stack([self.prepare(np.asarray(im)) for im in images[i : i + bs]])
+            out.append(self.features(self.input_tensor(patches)).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.opts.embed_dim), np.float32)
 
-        ``train``: random crops + augmentation, balanced batches of ``per_class`` images per
-        class; else centre crops in order. Decoded images are cached in memory for
-        benchmarks up to ``cache_limit`` images.
-        """
-        from osma.images import ImageDataset, make_loader
+    @torch.no_grad()
+    def embed_samples(self, samples: Iterable[Any]) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN401
+        """Embed labelled samples through the evaluation loader (what training's finalisation
+        and a score's fit use). Returns (embeddings (N, D), class indices (N,))."""
+        return self.embed_loader(self.loader(list(samples), train=False))
 
-        pairs = self.label_index(samples)
-        ds = ImageDataset(pairs, self.crop_config(train), cache=len(pairs) <= int(self.config["cache_limit"]),
-                          seed=int(self.config["seed"]))
-        workers = self.config["workers"]
-        return make_loader(ds, int(batch_size or self.config["embed_batch_size"]), train=train,
-                           per_class=per_class, workers=None if workers is None else int(workers),
-                           seed=int(self.config["seed"]), batches=batches)
+    @torch.no_grad()
+    def embed_loader(self, loader: Iterable[Any]) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN401
+        """Embed every ``(uint8 N x 3 x S x S, labels, ...)`` batch of a loader."""
+        self.train_mode(False)
+        embs, labels = [], []
+        for batch in loader:
+            embs.append(self.features(self.input_tensor(batch[0])).float().cpu().numpy())
+            labels.append(np.asarray(batch[1]))
+        if not embs:
+            return np.zeros((0, self.opts.embed_dim), np.float32), np.zeros(0, np.int64)
+        return np.concatenate(embs), np.concatenate(labels)
 
-    # ------------------------------------------------------------------ training
+    def logits(self, emb: torch.Tensor) -> torch.Tensor | None:
+        """The classifier head's logits of embeddings (None: the method has no head)."""
+        return None
+
+    @torch.no_grad()
+    def features_of(self, emb: np.ndarray) -> Features:
+        """Embeddings -> what a score reads (embeddings and, with a head, logits)."""
+        e = np.asarray(emb, np.float32).reshape(-1, self.opts.embed_dim)
+        self.train_mode(False)
+        lg = self.logits(torch.from_numpy(e).to(self.device))
+        return Features(e, None if lg is None else lg.float().cpu().numpy())
+
+    def predict_embeddings(self, emb: np.ndarray) -> Prediction:
+        """Score embeddings against the known (and enrolled) sources with the model's score."""
+        return self.score.predict(self.features_of(emb))
+
+    def fit_score(self, emb: np.ndarray, labels: np.ndarray, score: Score | None = None) -> None:
+        """Fit ``score`` (default: the model's own) on training embeddings and make it the
+        model's score. Enrolled sources are lost: re-enroll them afterwards."""
+        s = score if score is not None else self.score
+        s.fit(self.features_of(emb), np.asarray(labels), self.n_train)
+        self.score = s
+        self.classes = self.classes[: self.n_train]
+        self.enrolled = {}
+
+    # ------------------------------------------------------------------ training (used by the Trainer)
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Create the optimisers (called once before training)."""
-        return {"model": torch.optim.Adam([p for m in self.modules().values() for p in m.parameters()],
-                                          lr=float(self.config["lr"]))}
+        params = [p for m in self.modules().values() for p in m.parameters()]
+        return {"model": torch.optim.Adam(params, lr=self.opts.lr)}
 
     def schedulers(self, opts: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
-        """LR schedulers (stepped per iteration); none by default."""
+        """LR schedulers (stepped by the method); none by default."""
         return {}
-
-    def train_epoch(self, epoch: int, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-                    opts: dict[str, torch.optim.Optimizer], scheds: dict[str, Any]) -> Iterator[dict[str, float]]:
-        """Train one epoch on ``(pixels in [-1, 1], labels)`` batches; yield the losses of each batch."""
-        raise NotImplementedError
 
     def total_epochs(self) -> int:
         """Epochs of a full run (methods with a pretraining stage add theirs)."""
-        return int(self.config["epochs"])
+        return self.opts.epochs
 
     def epoch_samples(self, epoch: int, samples: list) -> list | None:  # noqa: ANN001
         """Training samples of ``epoch`` when they are not the usual balanced known data
         (then served in shuffled batches of ``per_class * n_classes``); None = usual."""
         return None
+
+    def begin_epoch(self, ctx: Any) -> None:  # noqa: ANN401 - osma.trainer.StepContext
+        """Called before the first step of every epoch (e.g. POSE's new augmentation model)."""
+
+    def train_step(self, ctx: Any, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:  # noqa: ANN401
+        """One optimisation step on pixels ``x`` in [-1, 1] and labels ``y``; returns named losses.
+        ``ctx`` holds ``epoch``, ``optimizers`` and ``schedulers``."""
+        raise NotImplementedError
+
+    def end_epoch(self, ctx: Any) -> None:  # noqa: ANN401
+        """Called after the last step of every epoch."""
 
     def epoch_state(self) -> dict[str, Any]:
         """Method state beyond modules/optimisers to checkpoint (e.g. POSE's augmentation models)."""
@@ -262,218 +309,118 @@ class NetworkAttributor(Attributor):
         """Called after every optimiser step of the network (constrained conv projection)."""
         constrain(self.backbone)
 
-    def fit(self, split, out_dir, *, epochs: int | None = None, resume: bool = False,  # noqa: ANN001
-            progress: bool = True) -> None:
-        """Train on ``split.train``, checkpoint every epoch into ``out_dir/checkpoints`` and
-        write the bundle into ``out_dir``. ``resume`` continues after the last checkpoint."""
-        out = Path(out_dir)
-        ckdir = out / "checkpoints"
-        ckdir.mkdir(parents=True, exist_ok=True)
-        cfg = self.config
-        if epochs is not None:
-            cfg["epochs"] = int(epochs)
-        n_epochs, seed = self.total_epochs(), int(cfg["seed"])
-        train = list(split.train)
-        if not train:
-            raise ValueError(f"split {getattr(split, 'name', '')!r} has no training images")
-        counts = np.bincount([i for _, i in self.label_index(train)], minlength=self.n_train)
-        cfg["train_counts"] = {c: int(n) for c, n in zip(self.classes, counts)}
-        bpe = cfg.get("batches_per_epoch")
-        balanced = self.loader(train, train=True, per_class=int(cfg["per_class"]),
-                               batches=None if bpe is None else int(bpe))
-        other_loaders: dict[int, Any] = {}
-        opts = self.optimizers()
-        scheds = self.schedulers(opts)
-        log_path = out / "train_log.jsonl"
-        start = 0
-        last = sorted(ckdir.glob("epoch_*.json")) if resume else []
-        if last:
-            start = self._load_checkpoint(last[-1].with_suffix(""), opts, scheds)
-            if progress:
-                print(f"resuming after epoch {start} ({last[-1].with_suffix('')})")
-            if log_path.exists():  # drop log lines of epochs after the checkpoint
-                lines = [ln for ln in log_path.read_text(encoding="utf-8").splitlines()
-                         if ln.strip() and json.loads(ln).get("epoch", 0) <= start]
-                log_path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
-        else:
-            for f in ckdir.glob("epoch_*"):
-                f.unlink()
-            log_path.unlink(missing_ok=True)
-        for epoch in range(start, n_epochs):
-            seed_everything(seed * 100_003 + epoch)
-            alt = self.epoch_samples(epoch, train)
-            if alt is None:
-                loader = balanced
-            else:
-                key = hash(tuple(str(s.path) for s in alt))
-                if key not in other_loaders:
-                    other_loaders.clear()
-                    other_loaders[key] = self.loader(alt, train=True, batch_size=int(cfg["per_class"]) * self.n_train)
-                loader = other_loaders[key]
-            loader.set_epoch(epoch)
-            self.train_mode(True)
-            t0 = time.perf_counter()
-            batches = ((self.input_tensor(b[0]), torch.as_tensor(b[1]).long().to(self.device)) for b in loader)
-            sums: dict[str, float] = {}
-            n = 0
-            bar = None
-            if progress:
-                from tqdm import tqdm
+    def bn_modules(self) -> list[nn.Module]:
+        """Modules whose BatchNorm statistics precise-BN recomputes (the backbone)."""
+        return [self.backbone]
 
-                bar = tqdm(total=len(loader), desc=f"{self.method} epoch {epoch + 1}/{n_epochs}", dynamic_ncols=True)
-            for losses in self.train_epoch(epoch, batches, opts, scheds):
-                n += 1
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                if bar is not None:
-                    bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
-                    bar.update(1)
-            if bar is not None:
-                bar.close()
-            record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - t0, 3), "batches": n,
-                      **{k: v / max(n, 1) for k, v in sums.items()}}
-            with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-            self._save_checkpoint(ckdir / f"epoch_{epoch + 1:04d}", epoch + 1, opts, scheds)
-        seed_everything(seed * 100_003 + n_epochs + 7)
-        cfg["training"] = {"epochs_done": n_epochs, "resumed_from": start if resume else None}
-        eval_loader = self.loader(train, train=False)
-        if cfg["precise_bn"]:
-            self.recompute_bn(eval_loader)
-        emb, labels = self.embed_loader(eval_loader)
-        self.finalize(emb, labels)
-        self.save(out)
+    def init_weights_from(self, bundle: str | Path) -> list[str]:
+        """Copy weights of modules with the same name and shapes from a trained bundle
+        (``init_from``); returns the modules copied. The backbone must match."""
+        from osma.attribution import find_bundle
 
-    @torch.no_grad()
-    def recompute_bn(self, loader: Iterable[Any]) -> None:  # noqa: ANN401
-        """"Precise BN": replace BatchNorm running statistics by their exact average over
-        ``loader`` (centre crops of the training images), computed with the final weights.
-
-        The running averages of a short run lag behind the weights; inference then differs
-        from training. Only the backbone's BN buffers change (``precise_bn=False`` skips it).
-        """
-        bns = [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not bns:
-            return
-        saved = [m.momentum for m in bns]
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative moving average = exact mean over batches
-        self.backbone.train(True)
-        for batch in loader:
-            self.features(self.input_tensor(batch[0]))
-        for m, mom in zip(bns, saved):
-            m.momentum = mom
-        self.train_mode(False)
-
-    def _save_checkpoint(self, stem: Path, epoch: int, opts: dict, scheds: dict) -> None:
-        state = {
-            "epoch": epoch,
-            "modules": {k: m.state_dict() for k, m in self.modules().items()},
-            "optimizers": {k: o.state_dict() for k, o in opts.items()},
-            "schedulers": {k: s.state_dict() for k, s in scheds.items()},
-            "method": self.epoch_state(),
-        }
-        save_state(state, stem)
-        (stem.parent / "config.json").write_text(json.dumps(self.config, indent=2) + "\n", encoding="utf-8")
-        keep = int(self.config["keep_checkpoints"])
-        if keep > 0:  # a checkpoint holds weights + optimiser state: 30 epochs of them are GBs
-            for old in sorted(stem.parent.glob("epoch_*.json"))[:-keep]:
-                old.with_suffix(".safetensors").unlink(missing_ok=True)
-                old.unlink()
-
-    def _load_checkpoint(self, stem: Path, opts: dict, scheds: dict) -> int:
-        state = load_state(stem)
-        self.load_epoch_state(state["method"])
+        d = find_bundle(bundle)
+        tensors = load_file(str(d / "model.safetensors"))
+        copied = []
         for k, m in self.modules().items():
-            m.load_state_dict(state["modules"][k])
-        for k, o in opts.items():
-            o.load_state_dict(state["optimizers"][k])
-        for k, s in scheds.items():
-            s.load_state_dict(state["schedulers"][k])
-        return int(state["epoch"])
+            sd = {n[len(k) + 1:]: v for n, v in tensors.items() if n.startswith(k + ".")}
+            own = m.state_dict()
+            if sd and set(sd) == set(own) and all(sd[n].shape == own[n].shape for n in own):
+                m.load_state_dict(sd)
+                copied.append(k)
+            elif k == "backbone":
+                raise ValueError(f"init_from {d}: its backbone does not match this one "
+                                 f"({self.opts.backbone}, crop {self.pre.crop}, embed_dim {self.opts.embed_dim})")
+        return copied
 
-    # ------------------------------------------------------------------ after training
-    def finalize(self, emb: np.ndarray, labels: np.ndarray) -> None:
-        """Compute what scoring needs from the training embeddings (centre crops, eval mode):
-        by default the class centroids and spreads (:func:`class_statistics`)."""
-        cent, sig = class_statistics(emb, labels, self.n_train)
-        self.centroids = torch.from_numpy(cent)
-        self.sigmas = torch.from_numpy(sig)
+    # ------------------------------------------------------------------ enrollment
+    def enroll(self, name: str, emb: np.ndarray) -> None:
+        """Add a source from embeddings of a few of its images, without retraining (the
+        score adds its reference: a centroid, references, a class mean ...)."""
+        emb = np.asarray(emb, np.float32)
+        if emb.ndim != 2 or emb.shape[1] != self.opts.embed_dim:
+            raise ValueError(f"enroll {name!r}: expected embeddings of shape (N, {self.opts.embed_dim}), got {emb.shape}")
+        if len(emb) < 2:
+            raise ValueError(f"enroll {name!r}: need at least 2 images to estimate a reference, got {len(emb)}")
+        if name in self.classes:
+            raise ValueError(f"source {name!r} is already known")
+        try:
+            self.score.enroll(emb)
+        except ValueError as exc:
+            raise ValueError(f"enroll {name!r}: {exc}") from None
+        self.classes.append(name)
+        self.enrolled[name] = int(len(emb))
 
     # ------------------------------------------------------------------ bundle
-    def _tensors(self) -> dict[str, torch.Tensor]:
-        t = {f"{k}.{n}": v.detach().cpu().contiguous() for k, m in self.modules().items() for n, v in m.state_dict().items()}
-        t.update({k: v.detach().cpu().contiguous() for k, v in self.buffers().items()})
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Everything saved in ``model.safetensors``."""
+        t = {f"{k}.{n}": v.detach().cpu().contiguous() for k, m in self.modules().items()
+             for n, v in m.state_dict().items()}
+        t.update({f"score.{k}": v.detach().cpu().contiguous() for k, v in self.score.tensors().items()})
         return t
 
-    def save(self, bundle_dir) -> None:  # noqa: ANN001
-        """Write ``model.safetensors`` and ``model.json`` into ``bundle_dir``."""
-        d = Path(bundle_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        save_file(self._tensors(), str(d / "model.safetensors"))
-        doc = {
-            "format": "osma-bundle/1",
+    def document(self) -> dict[str, Any]:
+        """Everything saved in ``model.json``."""
+        return {
+            "format": BUNDLE_FORMAT,
             "method": self.method,
             "classes": self.classes,
+            "n_trained": self.n_train,
             "tau": self.tau,
             "enrolled": self.enrolled,
-            "backbone": self.config["backbone"],
-            "input": self.config["input"],
-            "crop": self.config["crop"],
-            "resize": self.config["resize"],
-            "config": self.config,
+            "preprocess": self.pre.to_dict(),
+            "options": self.opts.to_dict(),
+            "score": self.score.describe(),
+            "training": self.training.to_dict(),
             "versions": _versions(),
         }
+
+    def save(self, bundle_dir) -> None:  # noqa: ANN001
+        """Write ``model.safetensors`` and ``model.json`` into ``bundle_dir`` (JSON last, atomically)."""
+        d = Path(bundle_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        save_file(self.tensors(), str(d / "model.safetensors.tmp"))
+        (d / "model.safetensors.tmp").replace(d / "model.safetensors")
         tmp = d / "model.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(self.document(), indent=2) + "\n", encoding="utf-8")
         tmp.replace(d / "model.json")
 
     @classmethod
-    def load(cls, bundle_dir, device: str = "auto") -> "NetworkAttributor":  # noqa: ANN001
+    def from_document(cls, doc: dict[str, Any], device: str = "auto", where: str = "") -> "NetworkMethod":
+        """An untrained model with the configuration of a (current-format) ``model.json``."""
+        n = int(doc.get("n_trained", len(doc["classes"])))
+        sc = doc.get("score") or {}
+        obj = cls(list(doc["classes"][:n]), options=cls.Options.from_dict(doc.get("options"), where),
+                  preprocess=Preprocess.from_dict(doc.get("preprocess"), where),
+                  score=sc.get("name"), score_options=sc.get("options"), device=device)
+        rec = doc.get("training") or {}
+        obj.training = TrainingRecord(**{k: rec[k] for k in TrainingRecord.__dataclass_fields__ if k in rec})
+        return obj
+
+    @classmethod
+    def load(cls, bundle_dir, device: str = "auto") -> "NetworkMethod":  # noqa: ANN001
         """Read a bundle written by :meth:`save` (safetensors + JSON only)."""
+        from osma.methods.legacy import convert_document, convert_tensors
+
         d = Path(bundle_dir)
         doc = read_bundle_json(d)
-        cfg = dict(doc.get("config", {}))
-        n_train = int(cfg.get("n_train_classes", len(doc["classes"])))
-        obj = cls(list(doc["classes"][:n_train]), device=device, **cfg)
+        tensors = load_file(str(d / "model.safetensors"))
+        if doc.get("format", "osma-bundle/1") == "osma-bundle/1":
+            doc, tensors = convert_document(doc, d / "model.json"), convert_tensors(doc, tensors)
+        obj = cls.from_document(doc, device=device, where=f"{d / 'model.json'}: ")
         obj.classes = list(doc["classes"])
         obj.tau = None if doc.get("tau") is None else float(doc["tau"])
         obj.enrolled = {str(k): int(v) for k, v in (doc.get("enrolled") or {}).items()}
-        tensors = load_file(str(d / "model.safetensors"))
         obj.load_tensors(tensors)
         obj.to(obj.device)
         obj.train_mode(False)
         return obj
 
-    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Restore module weights and buffers from a flat tensor dict."""
+    def load_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Restore module weights and the score's state from a flat tensor dict."""
         for k, m in self.modules().items():
-            sd = {n[len(k) + 1 :]: v for n, v in tensors.items() if n.startswith(k + ".")}
+            sd = {n[len(k) + 1:]: v for n, v in tensors.items() if n.startswith(k + ".")}
             m.load_state_dict(sd)
-        names = {f"{k}." for k in self.modules()}
-        self.set_buffers({n: v for n, v in tensors.items() if not any(n.startswith(p) for p in names)})
-
-    # ------------------------------------------------------------------ enrollment helpers
-    def _check_enroll(self, name: str, emb: np.ndarray) -> np.ndarray:
-        emb = np.asarray(emb, np.float32)
-        if emb.ndim != 2 or emb.shape[1] != int(self.config["embed_dim"]):
-            raise ValueError(f"enroll {name!r}: expected embeddings of shape (N, {self.config['embed_dim']}), got {emb.shape}")
-        if len(emb) < 2:
-            raise ValueError(f"enroll {name!r}: need at least 2 images to estimate a reference, got {len(emb)}")
-        if name in self.classes:
-            raise ValueError(f"source {name!r} is already known")
-        return emb
-
-    def _add_reference(self, name: str, e: np.ndarray) -> None:
-        """Enroll ``name`` as a centroid + spread reference computed from embeddings ``e``."""
-        if self.centroids is None or self.sigmas is None:
-            raise ValueError(f"enroll {name!r}: the model has no class references (train or load it first)")
-        cent, sig = class_statistics(e, np.zeros(len(e), np.int64), 1)
-        self.centroids = torch.cat([self.centroids, torch.from_numpy(cent)])
-        self.sigmas = torch.cat([self.sigmas, torch.from_numpy(sig)])
-        self.classes.append(name)
-        self.enrolled[name] = int(len(e))
+        self.score.load_tensors({n[6:]: v for n, v in tensors.items() if n.startswith("score.")}, len(self.classes))
 
 
 def read_bundle_json(d: Path) -> dict[str, Any]:
@@ -485,37 +432,15 @@ def read_bundle_json(d: Path) -> dict[str, Any]:
         doc = json.loads(js.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{js}: line {e.lineno}: invalid JSON ({e.msg})") from e
+    if not isinstance(doc, dict):
+        raise ValueError(f"{js}: expected a JSON object")
     for key in ("method", "classes"):
         if key not in doc:
             raise ValueError(f"{js}: missing key {key!r}")
+    fmt = doc.get("format", "osma-bundle/1")
+    if fmt not in ("osma-bundle/1", BUNDLE_FORMAT):
+        raise ValueError(f"{js}: unknown bundle format {fmt!r} (this osma reads osma-bundle/1 and {BUNDLE_FORMAT})")
     return doc
 
 
-def class_statistics(emb: np.ndarray, labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Centroid r_i (mean) and spread sigma_i = sqrt(sum ||h(x) - r_i||^2 / (n_i - 1)) per class."""
-    emb = np.asarray(emb, np.float64)
-    cent = np.zeros((n_classes, emb.shape[1]))
-    sig = np.zeros(n_classes)
-    for c in range(n_classes):
-        e = emb[labels == c]
-        if len(e) < 2:
-            raise ValueError(f"class {c} has {len(e)} embedding(s); a spread needs at least 2")
-        cent[c] = e.mean(0)
-        sig[c] = np.sqrt(((e - cent[c]) ** 2).sum() / (len(e) - 1))
-    return cent.astype(np.float32), np.maximum(sig, 1e-12).astype(np.float32)
-
-
-def centroid_distances(emb: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Euclidean distances (N, C), in float64, of embeddings (N, D) to centroids (C, D)."""
-    x = np.asarray(emb, np.float64)
-    c = np.asarray(centroids, np.float64)
-    return np.sqrt(np.maximum((x * x).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2 * x @ c.T, 0.0))
-
-
-def l2_normalize(emb: np.ndarray) -> np.ndarray:
-    """Rows of ``emb`` scaled to unit Euclidean norm, in float64 (zero rows stay zero)."""
-    e = np.asarray(emb, np.float64)
-    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-
-
-__all__ = ["NetworkAttributor", "class_statistics", "centroid_distances", "l2_normalize", "read_bundle_json", "COMMON_DEFAULTS", "Prediction"]
+__all__ = ["BUNDLE_FORMAT", "NetworkMethod", "NetworkOptions", "Preprocess", "TrainingRecord", "read_bundle_json"]

@@ -22,14 +22,14 @@ epoch (the paper's objective; the code only adds it once an earlier model exists
 network is trained in train mode every epoch (the code leaves it in eval mode after the
 first epoch's evaluation, which freezes BatchNorm statistics and disables dropout).
 
-Score: the maximum softmax probability of the classifier head, as POSE evaluates (its
-``metric_ood`` / OSCR use ``max(softmax(logits))``); ``score="max_logit"`` is offered.
+Score: ``msp``, the maximum softmax probability of the classifier head, as POSE evaluates
+(its ``metric_ood`` / OSCR use ``max(softmax(logits))``); any score of :mod:`osma.scores` applies.
 Variants: ``base`` (no augmentation models: temperature CE only), ``am`` (augmentation
 models without the diversity loss), ``full``.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,10 +37,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from osma.methods.losses import batch_hard_triplet_loss, pose_cross_entropy
-from osma.methods.softmax import SoftmaxAttributor
+from osma.methods.losses import TripletMarginLoss, pose_cross_entropy
+from osma.methods.registry import register_method
+from osma.methods.softmax import SoftmaxMethod, SoftmaxOptions
+from osma.options import opt
 
 VARIANTS = ("base", "am", "full")
+
+
+@dataclass
+class PoseOptions(SoftmaxOptions):
+    variant: str = opt("full", "base (no augmentation models), am (without the diversity loss) or full", choices=VARIANTS)
+    temperature: float = opt(0.1, "temperature dividing the softmax probabilities in the classification loss", min=1e-6)
+    margin: float = opt(0.3, "margin of the batch-hard triplet loss", min=0)
+    aug_hidden: int = opt(32, "channels of an augmentation model's hidden layer", min=1)
+    aug_lr: float = opt(1e-2, "learning rate of the augmentation models", min=0)
+    w_close: float = opt(1e-2, "weight of L_A's similarity (close to known) term", min=0)
+    known_sim: float = opt(0.95, "cosine similarity above which the similarity term stops pulling")
+    w_div: float = opt(1e-4, "weight of L_A's diversity term", min=0)
+    mse_lowbound: float = opt(0.0, "floor under L_A's reconstruction term", min=0)
 
 
 class AugNet(nn.Module):
@@ -60,38 +75,26 @@ def _set_grad(module: nn.Module, on: bool) -> None:
         p.requires_grad_(on)
 
 
-class PoseAttributor(SoftmaxAttributor):
-    """POSE; scoring and enrollment as :class:`SoftmaxAttributor`."""
+@register_method("pose")
+class PoseMethod(SoftmaxMethod):
+    """POSE; the head, scheduler and default score are softmax's."""
 
-    method = "pose"
-    defaults: dict[str, Any] = {
-        **SoftmaxAttributor.defaults,
-        "variant": "full",
-        "temperature": 0.1,
-        "margin": 0.3,
-        "aug_hidden": 32,
-        "aug_lr": 1e-2,
-        "w_close": 1e-2,
-        "known_sim": 0.95,
-        "w_div": 1e-4,
-        "mse_lowbound": 0.0,
-    }
+    Options = PoseOptions
 
     def build(self) -> None:
         super().build()
-        if self.config["variant"] not in VARIANTS:
-            raise ValueError(f"unknown POSE variant {self.config['variant']!r}; choose one of {VARIANTS}")
         self.augnets = nn.ModuleList()
+        self.triplet = TripletMarginLoss(self.opts.margin)
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"backbone": self.backbone, "head": self.head, "augnets": self.augnets}
+        return {"backbone": self.backbone, "head": self.head, "augnets": self.augnets, "input": self.input}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         params = list(self.backbone.parameters()) + list(self.head.parameters())
-        return {"model": torch.optim.Adam(params, lr=float(self.config["lr"]))}
+        return {"model": torch.optim.Adam(params, lr=self.opts.lr)}
 
     def _new_augnet(self) -> AugNet:
-        return AugNet(int(self.config["aug_hidden"])).to(self.device)
+        return AugNet(self.opts.aug_hidden).to(self.device)
 
     def _grow(self, n: int) -> None:
         while len(self.augnets) < n:
@@ -105,7 +108,7 @@ class PoseAttributor(SoftmaxAttributor):
     def load_epoch_state(self, state: dict[str, Any]) -> None:
         self._grow(int(state.get("n_augnets", 0)))
 
-    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+    def load_tensors(self, tensors) -> None:  # noqa: ANN001
         idx = {int(k.split(".")[1]) for k in tensors if k.startswith("augnets.")}
         self._grow(max(idx) + 1 if idx else 0)
         super().load_tensors(tensors)
@@ -113,15 +116,16 @@ class PoseAttributor(SoftmaxAttributor):
     def train_mode(self, on: bool) -> None:
         self.backbone.train(on)
         self.head.train(on)
+        self.input.train(on)
         self.augnets.eval()  # frozen augmentation models have no train-time behaviour anyway
 
     def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return pose_cross_entropy(logits, labels, float(self.config["temperature"]))
+        return pose_cross_entropy(logits, labels, self.opts.temperature)
 
     # ------------------------------------------------------------------ training
     def augnet_weights(self) -> dict[str, float]:
         """The weight of each term of the augmentation models' loss L_A."""
-        return {"mse": 1.0, "close_known": float(self.config["w_close"]), "div": float(self.config["w_div"])}
+        return {"mse": 1.0, "close_known": self.opts.w_close, "div": self.opts.w_div}
 
     def augnet_terms(self, aug: nn.Module, x: torch.Tensor, previous: nn.Module | None = None) -> dict[str, torch.Tensor]:
         """The unweighted terms of L_A for augmentation model ``aug`` on pixels ``x``:
@@ -133,8 +137,8 @@ class PoseAttributor(SoftmaxAttributor):
         f_aug = self.features(x_aug)
         cos = F.cosine_similarity(self.features(x), f_aug, dim=1, eps=1e-6).mean()
         terms = {
-            "mse": torch.clamp(F.mse_loss(x_aug, x), min=float(self.config["mse_lowbound"])),
-            "close_known": torch.clamp(1 - cos, min=1 - float(self.config["known_sim"])),
+            "mse": torch.clamp(F.mse_loss(x_aug, x), min=self.opts.mse_lowbound),
+            "close_known": torch.clamp(1 - cos, min=1 - self.opts.known_sim),
         }
         if previous is not None:
             with torch.no_grad():
@@ -142,70 +146,75 @@ class PoseAttributor(SoftmaxAttributor):
             terms["div"] = F.cosine_similarity(f_aug, f_pre, dim=1, eps=1e-6).mean()
         return terms
 
-    def train_epoch(self, epoch: int, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-                    opts: dict[str, torch.optim.Optimizer], scheds: dict[str, Any]) -> Iterator[dict[str, float]]:
-        if self.config["variant"] == "base":
-            yield from super().train_epoch(epoch, batches, opts, scheds)
+    def begin_epoch(self, ctx) -> None:  # noqa: ANN001
+        """A new augmentation model A_t and its optimiser for this epoch."""
+        if self.opts.variant == "base":
             return
-        cfg = self.config
-        n_cls = self.n_train
-        net = [self.backbone, self.head]
         aug = self._new_augnet()
-        opt_a = torch.optim.Adam(aug.parameters(), lr=float(cfg["aug_lr"]))
-        sched_a = torch.optim.lr_scheduler.StepLR(opt_a, int(cfg["step_size"]), float(cfg["gamma"]))
-        opt, sched = opts["model"], scheds["model"]
-        earlier = list(self.augnets)
-        diversity = cfg["variant"] == "full"
-        for x, y in batches:
-            losses: dict[str, float] = {}
-            # ---- 1. the augmentation model, network frozen
-            for m in net:
-                _set_grad(m, False)
-            _set_grad(aug, True)
-            opt_a.zero_grad(set_to_none=True)
-            previous = earlier[int(torch.randint(len(earlier), ()).item())] if diversity and earlier else None
-            terms = self.augnet_terms(aug, x, previous)
-            losses.update({f"loss_{k}": v.item() for k, v in terms.items()})
-            loss_a = sum(self.augnet_weights()[k] * v for k, v in terms.items())
-            loss_a.backward()
-            opt_a.step()
-            sched_a.step()
-            # ---- 2. the network on known + augmented data, augmentation model frozen
-            for m in net:
-                _set_grad(m, True)
-            _set_grad(aug, False)
-            opt.zero_grad(set_to_none=True)
-            f_in = self.features(x)
-            loss_cls = self.classification_loss(self.head(f_in), y)
+        opt_a = torch.optim.Adam(aug.parameters(), lr=self.opts.aug_lr)
+        ctx.state.update(aug=aug, opt_a=opt_a, sched_a=torch.optim.lr_scheduler.StepLR(
+            opt_a, self.opts.step_size, self.opts.gamma), earlier=list(self.augnets))
+
+    def train_step(self, ctx, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:  # noqa: ANN001
+        if self.opts.variant == "base":
+            return super().train_step(ctx, x, y)
+        aug, opt_a, sched_a, earlier = (ctx.state[k] for k in ("aug", "opt_a", "sched_a", "earlier"))
+        opt, sched = ctx.optimizers["model"], ctx.schedulers["model"]
+        net = [self.backbone, self.head]
+        losses: dict[str, float] = {}
+        # ---- 1. the augmentation model, network frozen
+        for m in net:
+            _set_grad(m, False)
+        _set_grad(aug, True)
+        opt_a.zero_grad(set_to_none=True)
+        diversity = self.opts.variant == "full"
+        previous = earlier[int(torch.randint(len(earlier), ()).item())] if diversity and earlier else None
+        terms = self.augnet_terms(aug, x, previous)
+        losses.update({f"loss_{k}": v.item() for k, v in terms.items()})
+        loss_a = sum(self.augnet_weights()[k] * v for k, v in terms.items())
+        loss_a.backward()
+        opt_a.step()
+        sched_a.step()
+        # ---- 2. the network on known + augmented data, augmentation model frozen
+        for m in net:
+            _set_grad(m, True)
+        _set_grad(aug, False)
+        opt.zero_grad(set_to_none=True)
+        f_in = self.features(x)
+        loss_cls = self.classification_loss(self.head(f_in), y)
+        with torch.no_grad():
+            x_aug = aug(x)
+        y_aug = y + self.n_train
+        loss_tri = self.triplet(torch.cat([f_in, self.features(x_aug)]), torch.cat([y, y_aug]))
+        loss = loss_cls + loss_tri
+        losses.update({"loss_cls": loss_cls.item(), "loss_metric": loss_tri.item()})
+        if earlier:
+            j = int(torch.randint(len(earlier), ()).item())
             with torch.no_grad():
-                x_aug = aug(x)
-            y_aug = y + n_cls
-            loss_tri = batch_hard_triplet_loss(torch.cat([f_in, self.features(x_aug)]), torch.cat([y, y_aug]),
-                                               float(cfg["margin"]))
-            loss = loss_cls + loss_tri
-            losses.update({"loss_cls": loss_cls.item(), "loss_metric": loss_tri.item()})
-            if earlier:
-                j = int(torch.randint(len(earlier), ()).item())
-                with torch.no_grad():
-                    x_pre = earlier[j](x)
-                loss_pre = batch_hard_triplet_loss(torch.cat([f_in, self.features(x_pre)]), torch.cat([y, y_aug]),
-                                                   float(cfg["margin"]))
-                losses["loss_metric_pre"] = loss_pre.item()
-                loss = loss + loss_pre
-            loss.backward()
-            opt.step()
-            self.after_step()
-            sched.step()
-            yield losses
+                x_pre = earlier[j](x)
+            loss_pre = self.triplet(torch.cat([f_in, self.features(x_pre)]), torch.cat([y, y_aug]))
+            losses["loss_metric_pre"] = loss_pre.item()
+            loss = loss + loss_pre
+        loss.backward()
+        opt.step()
+        self.after_step()
+        sched.step()
+        return losses
+
+    def end_epoch(self, ctx) -> None:  # noqa: ANN001
+        """A_t joins the frozen earlier models."""
+        if self.opts.variant == "base":
+            return
+        aug = ctx.state["aug"]
         _set_grad(aug, False)
         self.augnets.append(aug.eval())
 
     # ------------------------------------------------------------------ t-SNE helper
     @torch.no_grad()
     def augment_embeddings(self, images: list[np.ndarray]) -> np.ndarray:
-        """Embeddings of ``images`` (centre-cropped) passed through every trained augmentation
-        model, stacked model by model: shape (len(augnets) * N, D); (0, D) without any."""
-        d = int(self.config["embed_dim"])
+        """Embeddings of ``images`` (evaluation patches) passed through every trained
+        augmentation model, stacked model by model: shape (len(augnets) * N, D); (0, D) without any."""
+        d = self.opts.embed_dim
         if not len(self.augnets) or not images:
             return np.zeros((0, d), np.float32)
         self.train_mode(False)

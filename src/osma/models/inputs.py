@@ -1,0 +1,141 @@
+"""Input transforms: what the network sees, computed from [-1, 1] pixels (a registry).
+
+Every transform is an ``nn.Module`` (differentiable, so POSE's augmentation models can act
+on pixels upstream of it). A transform with fitted state (``needs_fit``) keeps it in
+buffers, fitted once on the training images' evaluation patches before training
+(:meth:`InputTransform.fit`); the buffers are saved in the bundle under ``input.``.
+
+- ``rgb``: the pixels themselves.
+- ``dct``: the orthonormal 2-D DCT-II per image and channel (POSE's input). POSE applies
+  ``torch_dct.dct_2d`` without a norm; that differs from the orthonormal transform only by
+  a fixed positive factor per coefficient (sqrt(2H)*sqrt(2W), times sqrt(2) on the first
+  row and column), a scale the first BatchNorm absorbs; the orthonormal one keeps values O(1).
+- ``logdct``: log(|DCT| + eps), standardised per coefficient with the mean and standard
+  deviation over the training set (Frank et al., ICML 2020, "DCT-CNN").
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+#: input transform registry: name -> class
+INPUTS: dict[str, type["InputTransform"]] = {}
+
+
+def register_input(name: str) -> Callable[[type["InputTransform"]], type["InputTransform"]]:
+    """Class decorator: make an input transform buildable by :func:`create_input`."""
+
+    def deco(cls: type[InputTransform]) -> type[InputTransform]:
+        if name in INPUTS:
+            raise ValueError(f"input transform {name!r} is registered twice")
+        cls.name = name
+        INPUTS[name] = cls
+        return cls
+
+    return deco
+
+
+class InputTransform(nn.Module):
+    """Base class: ``forward(pixels in [-1, 1], N x 3 x S x S) -> network input``."""
+
+    name: ClassVar[str] = ""
+    #: True when :meth:`fit` must see the training images before training
+    needs_fit: ClassVar[bool] = False
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = int(size)
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the network input."""
+        return 3
+
+    @torch.no_grad()
+    def fit(self, batches: Iterable[torch.Tensor]) -> None:
+        """Fit the state from batches of training pixels (no-op for stateless transforms)."""
+
+
+@register_input("rgb")
+class RGB(InputTransform):
+    """The [-1, 1] pixels unchanged."""
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels
+
+
+@register_input("dct")
+class DCT(InputTransform):
+    """Orthonormal 2-D DCT-II of the pixels (last two dimensions)."""
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        from osma.images import dct2
+
+        return dct2(pixels)
+
+
+@register_input("logdct")
+class LogDCT(InputTransform):
+    """log(|DCT| + eps) standardised per coefficient (mean / std fitted on training patches)."""
+
+    needs_fit = True
+    eps: ClassVar[float] = 1e-12
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.register_buffer("mean", torch.zeros(3, self.size, self.size))
+        self.register_buffer("std", torch.ones(3, self.size, self.size))
+
+    def _log(self, pixels: torch.Tensor) -> torch.Tensor:
+        from osma.images import dct2
+
+        return torch.log(dct2(pixels).abs() + self.eps)
+
+    @torch.no_grad()
+    def fit(self, batches: Iterable[torch.Tensor]) -> None:
+        # exact mean and (population) std per coefficient, accumulated in float64
+        n, s1, s2 = 0, None, None
+        for px in batches:
+            v = self._log(px.to(self.mean.device)).double()
+            s1 = v.sum(0) if s1 is None else s1 + v.sum(0)
+            s2 = (v * v).sum(0) if s2 is None else s2 + (v * v).sum(0)
+            n += v.shape[0]
+        if n == 0:
+            raise ValueError("logdct: no training images to fit the per-coefficient statistics")
+        mean = s1 / n
+        std = (s2 / n - mean * mean).clamp(min=0).sqrt().clamp(min=1e-6)
+        self.mean.copy_(mean.float())
+        self.std.copy_(std.float())
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (self._log(pixels) - self.mean) / self.std
+
+
+def create_input(name: str, size: int) -> InputTransform:
+    """Build input transform ``name`` for ``size`` x ``size`` patches."""
+    if name not in INPUTS:
+        raise ValueError(f"unknown input {name!r}; choose one of {sorted(INPUTS)}")
+    return INPUTS[name](size)
+
+
+def to_pixels(batch_uint8: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> float in [-1, 1] (POSE's ``Normalize(0.5, 0.5)``)."""
+    if batch_uint8.dtype != torch.uint8:
+        raise TypeError(f"expected a uint8 batch, got {batch_uint8.dtype}")
+    return batch_uint8.float().div_(127.5).sub_(1.0)
+
+
+def pixels_to_input(pixels: torch.Tensor, mode: str) -> torch.Tensor:
+    """[-1, 1] pixels -> the input of a stateless transform ``mode`` (``rgb``, ``dct``)."""
+    t = create_input(mode, pixels.shape[-1])
+    if t.needs_fit:
+        raise ValueError(f"input {mode!r} has fitted state: build it with create_input and fit it")
+    return t(pixels)
+
+
+def to_model_input(batch_uint8: torch.Tensor, mode: str) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> the float network input for a stateless ``mode``."""
+    return pixels_to_input(to_pixels(batch_uint8), mode)

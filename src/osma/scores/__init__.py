@@ -1,0 +1,33 @@
+"""Post-hoc knownness scores, one module each, apart from training (OpenOOD's post-processors).
+
+======================  ==========================================================
+``msp``                 maximum softmax probability (POSE's and softmax's default)
+``max_logit``           largest logit
+``energy``              negative free energy of the logits (Liu et al. 2020)
+``centroid``            -d / sigma to the nearest class centroid (Fang et al., metric's default)
+``knn``                 -distance to the k-th nearest training embedding per class
+``mahalanobis``         class means with a tied covariance (Lee et al. 2018)
+======================  ==========================================================
+
+``create_score(name, options)`` builds one; ``SCORES`` is the registry. Adding a score is
+one module with a class decorated by :func:`register_score`, imported below.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from osma.scores import centroid, energy, knn, mahalanobis, max_logit, msp  # noqa: F401 - registers them
+from osma.scores.base import (SCORES, Features, Prediction, Score, centroid_distances, class_statistics, l2_normalize,
+                              register_score)
+
+
+def create_score(name: str, options: Mapping[str, Any] | None = None) -> Score:
+    """An unfitted score ``name`` with ``options`` (its defaults otherwise)."""
+    if name not in SCORES:
+        raise ValueError(f"unknown score {name!r}; choose one of {sorted(SCORES)}")
+    return SCORES[name](options)
+
+
+__all__ = ["SCORES", "Features", "Prediction", "Score", "centroid_distances", "class_statistics", "create_score",
+           "l2_normalize", "register_score"]

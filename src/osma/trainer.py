@@ -1,0 +1,198 @@
+"""The training loop, apart from the methods: epochs, checkpoints and exact resume, the log,
+precise-BN, progress, and fitting the score at the end.
+
+A method (:class:`osma.methods.network.NetworkMethod`) supplies its modules, optimisers,
+schedulers and one :meth:`train_step` returning named losses; the :class:`Trainer` owns
+everything around it.
+
+Exact resume: at the start of epoch ``e`` every random generator is re-seeded from
+``(seed, e)`` and the data order and augmentations are drawn from that seed, so an epoch is
+a deterministic function of the state at its start; the checkpoint written after each
+epoch (modules, optimisers, schedulers, epoch, method state; safetensors + JSON) is that
+state, and ``checkpoints/config.json`` the configuration it was trained with.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from osma.methods.state import load_state, save_state
+from osma.runtime import seed_everything
+
+
+@dataclass
+class StepContext:
+    """What a method's training step sees besides the batch."""
+
+    epoch: int
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, Any]
+    #: per-epoch scratch space of the method (e.g. POSE's current augmentation model)
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    """Trains a method on a split into a run directory (checkpoints, log, bundle)."""
+
+    def __init__(self, method, out_dir: str | Path, *, progress: bool = True) -> None:  # noqa: ANN001
+        self.method = method
+        self.out = Path(out_dir)
+        self.progress = progress
+
+    def fit(self, split, *, resume: bool = False, data: str | None = None) -> None:  # noqa: ANN001
+        """Train on ``split.train``, checkpoint every epoch into ``out/checkpoints`` and write
+        the bundle into ``out``. ``resume`` continues after the last checkpoint."""
+        m = self.method
+        ckdir = self.out / "checkpoints"
+        ckdir.mkdir(parents=True, exist_ok=True)
+        n_epochs, seed = m.total_epochs(), m.opts.seed
+        train = list(split.train)
+        if not train:
+            raise ValueError(f"split {getattr(split, 'name', '')!r} has no training images")
+        counts = np.bincount([i for _, i in m.label_index(train)], minlength=m.n_train)
+        m.training.train_counts = {c: int(n) for c, n in zip(m.classes, counts)}
+        m.training.data, m.training.split = data, getattr(split, "name", None)
+        bpe = m.opts.batches_per_epoch
+        balanced = m.loader(train, train=True, per_class=m.opts.per_class, batches=bpe)
+        other_loaders: dict[int, Any] = {}
+        opts = m.optimizers()
+        scheds = m.schedulers(opts)
+        log_path = self.out / "train_log.jsonl"
+        start = 0
+        last = sorted(ckdir.glob("epoch_*.json")) if resume else []
+        if last:
+            start = self._load_checkpoint(last[-1].with_suffix(""), opts, scheds)
+            if self.progress:
+                print(f"resuming after epoch {start} ({last[-1].with_suffix('')})")
+            if log_path.exists():  # drop log lines of epochs after the checkpoint
+                lines = [ln for ln in log_path.read_text(encoding="utf-8").splitlines()
+                         if ln.strip() and json.loads(ln).get("epoch", 0) <= start]
+                log_path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+        else:
+            for f in ckdir.glob("epoch_*"):
+                f.unlink()
+            log_path.unlink(missing_ok=True)
+            if m.opts.init_from:
+                copied = m.init_weights_from(m.opts.init_from)
+                if self.progress:
+                    print(f"initialised {', '.join(copied)} from {m.opts.init_from}")
+            if m.input.needs_fit:
+                m.input.fit(m.input_tensor(b[0]) for b in m.loader(train, train=False))
+        (ckdir / "config.json").write_text(json.dumps(self.configuration(), indent=2) + "\n", encoding="utf-8")
+        for epoch in range(start, n_epochs):
+            seed_everything(seed * 100_003 + epoch)
+            alt = m.epoch_samples(epoch, train)
+            if alt is None:
+                loader = balanced
+            else:
+                key = hash(tuple(str(s.path) for s in alt))
+                if key not in other_loaders:
+                    other_loaders.clear()
+                    other_loaders[key] = m.loader(alt, train=True, batch_size=m.opts.per_class * m.n_train)
+                loader = other_loaders[key]
+            loader.set_epoch(epoch)
+            m.train_mode(True)
+            t0 = time.perf_counter()
+            ctx = StepContext(epoch, opts, scheds)
+            m.begin_epoch(ctx)
+            sums: dict[str, float] = {}
+            n = 0
+            bar = None
+            if self.progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(loader), desc=f"{m.method} epoch {epoch + 1}/{n_epochs}", dynamic_ncols=True)
+            for b in loader:
+                x, y = m.input_tensor(b[0]), torch.as_tensor(b[1]).long().to(m.device)
+                losses = m.train_step(ctx, x, y)
+                n += 1
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                if bar is not None:
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
+                    bar.update(1)
+            m.end_epoch(ctx)
+            if bar is not None:
+                bar.close()
+            record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - t0, 3), "batches": n,
+                      **{k: v / max(n, 1) for k, v in sums.items()}}
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+            self._save_checkpoint(ckdir / f"epoch_{epoch + 1:04d}", epoch + 1, opts, scheds)
+        seed_everything(seed * 100_003 + n_epochs + 7)
+        m.training.epochs_done, m.training.resumed_from = n_epochs, (start if resume else None)
+        eval_loader = m.loader(train, train=False)
+        if m.opts.precise_bn:
+            self.recompute_bn(eval_loader)
+        emb, labels = m.embed_loader(eval_loader)
+        m.fit_score(emb, labels)
+        m.save(self.out)
+
+    def configuration(self) -> dict[str, Any]:
+        """What ``checkpoints/config.json`` records: the run's configuration."""
+        m = self.method
+        return {"method": m.method, "classes": m.classes[: m.n_train], "preprocess": m.pre.to_dict(),
+                "options": m.opts.to_dict(), "score": m.score.describe()}
+
+    @torch.no_grad()
+    def recompute_bn(self, loader) -> None:  # noqa: ANN001
+        """"Precise BN": replace BatchNorm running statistics by their exact average over
+        ``loader`` (evaluation patches of the training images), computed with the final weights.
+
+        The running averages of a short run lag behind the weights; inference then differs
+        from training. Only the BN buffers of :meth:`bn_modules` change (``precise_bn=False`` skips it).
+        """
+        m = self.method
+        bns = [b for mod in m.bn_modules() for b in mod.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            return
+        saved = [b.momentum for b in bns]
+        for b in bns:
+            b.reset_running_stats()
+            b.momentum = None  # cumulative moving average = exact mean over batches
+        for mod in m.bn_modules():
+            mod.train(True)
+        for batch in loader:
+            m.features(m.input_tensor(batch[0]))
+        for b, mom in zip(bns, saved):
+            b.momentum = mom
+        m.train_mode(False)
+
+    def _save_checkpoint(self, stem: Path, epoch: int, opts: dict, scheds: dict) -> None:
+        m = self.method
+        state = {
+            "epoch": epoch,
+            "modules": {k: mod.state_dict() for k, mod in m.modules().items()},
+            "optimizers": {k: o.state_dict() for k, o in opts.items()},
+            "schedulers": {k: s.state_dict() for k, s in scheds.items()},
+            "method": m.epoch_state(),
+        }
+        save_state(state, stem)
+        keep = m.opts.keep_checkpoints
+        if keep > 0:  # a checkpoint holds weights + optimiser state: 30 epochs of them are GBs
+            for old in sorted(stem.parent.glob("epoch_*.json"))[:-keep]:
+                old.with_suffix(".safetensors").unlink(missing_ok=True)
+                old.unlink()
+
+    def _load_checkpoint(self, stem: Path, opts: dict, scheds: dict) -> int:
+        m = self.method
+        state = load_state(stem)
+        m.load_epoch_state(state["method"])
+        for k, mod in m.modules().items():
+            if k in state["modules"] or mod.state_dict():
+                mod.load_state_dict(state["modules"][k])
+        for k, o in opts.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in scheds.items():
+            s.load_state_dict(state["schedulers"][k])
+        return int(state["epoch"])
+
+
+__all__ = ["StepContext", "Trainer"]
