@@ -325,12 +325,15 @@ def evaluate_scores(
     split,  # noqa: ANN001
     scores: Sequence[tuple[str, Mapping[str, Any] | None]],
     out_dir: str | Path | None = None,
+    *,
+    subdirs: bool = True,
     **kwargs: Any,  # noqa: ANN401
 ) -> dict[str, dict]:
     """One report per score on the same network: the split is embedded once, each score
     fitted on the training embeddings (evaluation patches, as training's own fit) and
     evaluated. ``(name, None)`` for the model's own score keeps its fitted state.
-    Reports go to ``out_dir/<score>/`` when ``out_dir`` is given."""
+    Reports go to ``out_dir/<score>/`` when ``out_dir`` is given (to ``out_dir`` itself
+    with ``subdirs=False``, for a single score)."""
     _check_classes(attributor, split)
     outs = embed_split(attributor, split, batch_size=kwargs.get("batch_size", 64), progress=kwargs.get("progress", False))
     reports: dict[str, dict] = {}
@@ -344,7 +347,7 @@ def evaluate_scores(
                 train = attributor.embed_samples(split.train)
             att = with_score(attributor, name, options, *train)
         key = name if name not in reports else f"{name}-{len(reports)}"
-        sub = None if out_dir is None else Path(out_dir) / key
+        sub = None if out_dir is None else (Path(out_dir) / key if subdirs else Path(out_dir))
         reports[key] = evaluate(att, split, sub, outputs=outs, **kwargs)
     return reports
 

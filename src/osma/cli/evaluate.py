@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -17,37 +18,79 @@ def evaluate(
     tpr: float = typer.Option(0.95, "--tpr", min=0.0, max=1.0, help="Known acceptance rate on validation data used to calibrate tau."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
     seed: int = typer.Option(0, "--seed", help="Seed for k-means, t-SNE and subsampling."),
+    score: Optional[list[str]] = typer.Option(
+        None, "--score", help="Evaluate with this knownness score, NAME or NAME:KEY=VALUE,... (repeatable: one "
+        "report each in OUT/<score>/ and a table in OUT/scores.md); default: the model's own."),
 ) -> None:
     """Evaluate a trained model on a split: closed-set, open-set, aF1/CRR, clustering, plots."""
+    from osma.attribution import find_bundle
     from osma.data import load_split
-    from osma.evaluation import GROUPS, evaluate as run_evaluation
+    from osma.evaluation import evaluate as run_evaluation, evaluate_scores
     from osma.methods import load_attributor
+    from osma.scores import parse_score_spec
 
     if not run.exists():
         raise typer.BadParameter(f"run directory {run} does not exist", param_hint="RUN")
     try:
-        attributor = load_attributor(run, device)
+        specs = [parse_score_spec(s) for s in score or []]
+        attributor = load_attributor(find_bundle(run), device)
         sp = load_split(data, split, root=root)
-        report = run_evaluation(attributor, sp, out, batch_size=batch_size, tpr=tpr, plots=plots, seed=seed,
-                                progress=True)
-    except (FileNotFoundError, ValueError) as exc:  # bad bundle, data list, split or class mismatch
+        kw = dict(batch_size=batch_size, tpr=tpr, plots=plots, seed=seed, progress=True)
+        if specs:
+            reports = evaluate_scores(attributor, sp, specs, out, subdirs=len(specs) > 1, **kw)
+        else:
+            reports = {attributor.score.name: run_evaluation(attributor, sp, out, **kw)}
+    except (FileNotFoundError, ValueError) as exc:  # bad bundle, data list, split, score or class mismatch
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
-    def pct(v: float | None) -> str:
-        return "-" if v is None else f"{100 * v:.1f}"
+    for name, report in reports.items():
+        if len(reports) > 1:
+            typer.echo(f"--- score {name}")
+        _print_report(report)
+    if len(reports) > 1:
+        table = scores_table(reports)
+        (out / "scores.md").write_text(table, encoding="utf-8")
+        typer.echo(table)
+        typer.echo(f"reports written to {out}/<score>/report.md, the table to {out / 'scores.md'}")
+    else:
+        typer.echo(f"report written to {out / 'report.md'}")
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _print_report(report: dict) -> None:
+    from osma.reporting import GROUPS
 
     cs, fang = report["closed_set"], report["fang"]
-    typer.echo(f"closed set: accuracy {pct(cs['accuracy'])}%  macro-F1 {pct(cs['macro_f1'])}%")
+    typer.echo(f"closed set: accuracy {_pct(cs['accuracy'])}%  macro-F1 {_pct(cs['macro_f1'])}%")
     for g in GROUPS:
         r = report["open_set"][g]
-        typer.echo(f"unknown {g:<8} AUROC {pct(r['auroc']):>5}  OSCR {pct(r['oscr']):>5}  "
-                   f"TNR@95TPR {pct(r['tnr_at_95tpr']):>5}  (n={r['n']})")
-    typer.echo(f"tau {fang['tau']:.4g}: aF1 {pct(fang['af1'])}%  CRR {pct(fang['crr'])}%  "
-               f"aF1-CRR AUC {pct(fang['af1_crr_auc'])}%")
+        typer.echo(f"unknown {g:<8} AUROC {_pct(r['auroc']):>5}  OSCR {_pct(r['oscr']):>5}  "
+                   f"TNR@95TPR {_pct(r['tnr_at_95tpr']):>5}  (n={r['n']})")
+    typer.echo(f"tau {fang['tau']:.4g} (validation): aF1 {_pct(fang['af1'])}%  CRR {_pct(fang['crr'])}%  "
+               f"aF1-CRR AUC {_pct(fang['af1_crr_auc'])}%")
+    if report.get("fang_model_tau"):
+        m = report["fang_model_tau"]
+        typer.echo(f"tau {m['tau']:.4g} (stored in the model): aF1 {_pct(m['af1'])}%  CRR {_pct(m['crr'])}%  "
+                   f"known accepted {_pct(m['known_acceptance'])}%")
     if report["failed"]:
         typer.echo(f"{len(report['failed'])} unreadable image(s) skipped (listed in report.json)", err=True)
-    typer.echo(f"report written to {out / 'report.md'}")
+
+
+def scores_table(reports: dict[str, dict]) -> str:
+    """One markdown row per score: accuracy, AUROC and OSCR per group, aF1-CRR AUC (in %)."""
+    from osma.reporting import GROUPS
+
+    head = ["score", "Acc", *[f"AUROC {g}" for g in GROUPS], *[f"OSCR {g}" for g in GROUPS], "aF1-CRR AUC"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for name, r in reports.items():
+        cells = [_pct(r["closed_set"]["accuracy"]), *[_pct(r["open_set"][g]["auroc"]) for g in GROUPS],
+                 *[_pct(r["open_set"][g]["oscr"]) for g in GROUPS], _pct(r["fang"]["af1_crr_auc"])]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def register(app: typer.Typer) -> None:

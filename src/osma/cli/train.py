@@ -1,4 +1,5 @@
-"""CLI command: ``osma train`` (softmax, pose, metric) with checkpoints and exact resume."""
+"""CLI commands ``osma train`` (any registered method, options given generically) and
+``osma rescore`` (give a trained bundle another knownness score without retraining)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,15 +8,43 @@ from typing import Optional
 import typer
 
 
+def _options_table(title: str, rows: list[tuple[str, str, str, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, show_lines=False)
+    for col in ("option", "type", "default", "meaning"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(*r)
+    Console().print(t)
+
+
+def list_options(method: str, score: str | None) -> None:
+    """Print every option of the preprocessing, of ``method`` and of its score."""
+    from osma.methods import Preprocess, method_class
+    from osma.scores import SCORES
+
+    cls = method_class(method)
+    pre = Preprocess.describe()
+    defaults = cls.preprocess_defaults
+    pre = [(n, t, repr(defaults[n]) if n in defaults else d, h) for n, t, d, h in pre]
+    _options_table(f"preprocessing of {method} (--input/--crop/--resize or --opt)", pre)
+    _options_table(f"method {method} (--opt KEY=VALUE)", cls.Options.describe())
+    name = score or cls.default_score
+    _options_table(f"score {name} (--score {name}:KEY=VALUE; default score of {method}: {cls.default_score}; "
+                   f"all scores: {', '.join(sorted(SCORES))})", SCORES[name].Options.describe())
+
+
 def train_cmd(
-    data: Path = typer.Option(..., "--data", help="data_list.yaml of the benchmark (POSE format)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="data_list.yaml of the benchmark (POSE format)."),
     split: str = typer.Option("split1", "--split", help="Split to train on (its known classes)."),
-    method: str = typer.Option("pose", "--method", help="softmax, pose or metric."),
-    out: Path = typer.Option(..., "--out", help="Run directory: bundle, checkpoints/, train_log.jsonl."),
+    method: str = typer.Option("pose", "--method", help="A registered method: softmax, pose, metric, ..."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory: bundle, checkpoints/, train_log.jsonl."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (method default if omitted)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="simple_cnn, mislnet or resnet18."),
-    input: Optional[str] = typer.Option(None, "--input", help="Network input: dct or rgb."),  # noqa: A002
-    crop: Optional[int] = typer.Option(None, "--crop", help="Crop size in pixels (method default: 32, the zoo's image size)."),
+    input: Optional[str] = typer.Option(None, "--input", help="Network input: rgb, dct or logdct."),  # noqa: A002
+    crop: Optional[int] = typer.Option(None, "--crop", help="Crop size in pixels (default 32, the zoo's image size)."),
     resize: Optional[int] = typer.Option(None, "--resize", help="Resize images to this square size before cropping."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     seed: int = typer.Option(0, "--seed", help="Random seed (data order, augmentation, initialisation)."),
@@ -25,50 +54,91 @@ def train_cmd(
     batches_per_epoch: Optional[int] = typer.Option(
         None, "--batches-per-epoch", help="Balanced batches per epoch (default: about one pass over the data)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of the network."),
-    variant: Optional[str] = typer.Option(None, "--variant", help="pose only: base, am or full."),
-    pretrain_epochs: Optional[int] = typer.Option(None, "--pretrain-epochs", help="metric only: forensic pretraining epochs."),
+    opt: Optional[list[str]] = typer.Option(
+        None, "--opt", help="A method or preprocessing option KEY=VALUE (repeatable); see --list-options."),
     score: Optional[str] = typer.Option(
-        None, "--score", help="Knownness score: softmax/pose msp or max_logit; metric centroid (Fang et al.) or knn."),
+        None, "--score", help="Knownness score NAME or NAME:KEY=VALUE,... (default: the method's own)."),
+    list_opts: bool = typer.Option(False, "--list-options", help="List the options of --method (and --score) and exit."),
     root: Optional[Path] = typer.Option(None, "--root", help="Data root the image paths resolve against."),
     workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train an attribution method on a benchmark split; writes a model bundle into OUT."""
     from osma import methods
+    from osma.options import OptionError, parse_assignments
+    from osma.scores import parse_score_spec
 
-    opts: dict = {}
-    if variant is not None:
-        if method != "pose":
-            raise typer.BadParameter("--variant applies to --method pose only", param_hint="--variant")
-        opts["variant"] = variant
-    if pretrain_epochs is not None:
-        if method != "metric":
-            raise typer.BadParameter("--pretrain-epochs applies to --method metric only", param_hint="--pretrain-epochs")
-        opts["pretrain_epochs"] = pretrain_epochs
-    if score is not None:
-        opts["score"] = score
-    if resize is not None:
-        opts["resize"] = resize
-    if workers is not None:
-        opts["workers"] = workers
-    if batches_per_epoch is not None:
-        opts["batches_per_epoch"] = batches_per_epoch
     try:
+        sname, sopts = parse_score_spec(score) if score else (None, {})
+        if list_opts:
+            list_options(method, sname)
+            return
+        if data is None or out is None:
+            raise typer.BadParameter("--data and --out are required (unless --list-options)")
+        options = parse_assignments(opt)
+        flags = {"backbone": backbone, "input": input, "crop": crop, "resize": resize, "per_class": per_class,
+                 "batches_per_epoch": batches_per_epoch, "lr": lr, "workers": workers}
+        for k, v in flags.items():
+            if v is not None:
+                if k in options:
+                    raise OptionError(f"option {k!r} given both as --{k.replace('_', '-')} and --opt")
+                options[k] = v
         att = methods.train(
-            data, split, method, out, epochs=epochs, backbone=backbone, input=input, crop=crop, device=device,
-            seed=seed, resume=resume, per_class=per_class, batch_size=batch_size, lr=lr, progress=not quiet,
-            root=root, **opts,
+            data, split, method, out, epochs=epochs, device=device, seed=seed, resume=resume, batch_size=batch_size,
+            progress=not quiet, root=root, score=sname, **{f"score.{k}": v for k, v in sopts.items()}, **options,
         )
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    cfg = att.config
     typer.echo(
-        f"trained {method} ({cfg['backbone']}, {cfg['input']} input, crop {cfg['crop']}) on {split}: "
-        f"{len(att.classes)} known sources, {cfg['training']['epochs_done']} epoch(s); bundle in {out}"
+        f"trained {method} ({att.opts.backbone}, {att.pre.input} input, crop {att.pre.crop}, score {att.score.name}) "
+        f"on {split}: {len(att.classes)} known sources, {att.training.epochs_done} epoch(s); bundle in {out}"
     )
+
+
+def rescore_cmd(
+    run: Path = typer.Argument(..., metavar="RUN", help="Trained model bundle or run directory."),
+    score: str = typer.Option(..., "--score", help="Score NAME or NAME:KEY=VALUE,... (osma.scores registry)."),
+    out: Path = typer.Option(..., "--out", help="Directory of the new bundle (may be RUN itself)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="data_list.yaml (default: the one the model was trained on)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split whose training images fit the score (default: the training split)."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Data root for relative paths."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Write a copy of a trained model that uses another knownness score, fitted on the
+    training images (same network, no retraining). tau and enrolled sources are dropped:
+    calibrate and enroll again."""
+    from osma.attribution import find_bundle
+    from osma.data import load_split
+    from osma.methods import load_attributor
+    from osma.options import OptionError
+    from osma.scores import create_score, parse_score_spec
+
+    try:
+        name, sopts = parse_score_spec(score)
+        att = load_attributor(find_bundle(run), device)
+        data = data or (Path(att.training.data) if att.training.data else None)
+        split = split or att.training.split
+        if data is None or split is None:
+            raise OptionError(f"{run}: the bundle does not record its training data: give --data and --split")
+        sp = load_split(data, split, **({"root": root} if root is not None else {}))
+        if list(sp.known_classes) != att.classes[: att.n_train]:
+            raise ValueError(f"split {split} of {data} has other known classes than the model: {sp.known_classes}")
+        dropped = list(att.enrolled)
+        emb, labels = att.embed_samples(sp.train)
+        att.fit_score(emb, labels, create_score(name, sopts))
+        att.tau = None
+        att.save(out)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if dropped:
+        typer.echo(f"warning: enrolled sources dropped (enroll them again): {', '.join(dropped)}", err=True)
+    typer.echo(f"{out}: {att.method} with score {name} {sopts or ''} fitted on {len(emb)} training images of {split}; "
+               "not calibrated (run `osma calibrate`)")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the main app."""
     app.command("train")(train_cmd)
+    app.command("rescore")(rescore_cmd)

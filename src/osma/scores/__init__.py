@@ -30,4 +30,19 @@ def create_score(name: str, options: Mapping[str, Any] | None = None) -> Score:
 
 
 __all__ = ["SCORES", "Features", "Prediction", "Score", "centroid_distances", "class_statistics", "create_score",
+           "parse_score_spec",
            "l2_normalize", "register_score"]
+
+
+def parse_score_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"knn"`` -> ``("knn", {})``; ``"knn:k=5"`` or ``"energy:temperature=2,..."`` -> name
+    and options (values read as YAML scalars; checked when the score is built)."""
+    from osma.options import OptionError, parse_assignments
+
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    if name not in SCORES:
+        raise OptionError(f"unknown score {name!r} in {spec!r}; choose one of {sorted(SCORES)}")
+    opts = parse_assignments([p for p in rest.split(",") if p.strip()], flag=f"--score {name}:")
+    SCORES[name].Options.from_dict(opts)  # validate now, with a clear message
+    return name, opts
