@@ -2,6 +2,7 @@
 
     python bench/methods.py DATA_LIST.yaml [--splits split1,split2] [--epochs N] [--out DIR]
         [--methods softmax,pose-base,pose-am,pose,metric] [--device auto] [--seed 0]
+        [--option KEY=VALUE ...] [--score NAME] [--score-opt KEY=VALUE ...]
 
 Methods: ``softmax`` (closed-set classifier, POSE's "Base" trained by its own recipe),
 ``pose-base`` / ``pose-am`` / ``pose`` (POSE without augmentation models, with them but
@@ -10,6 +11,15 @@ Runs go to ``OUT/runs/<split>/<method>``, reports to ``OUT/reports/<split>/<meth
 run whose report exists is skipped, a run interrupted during training is resumed, so the
 script can be re-started at will. The table (mean ± std over splits, in %) is printed and
 written to ``OUT/table.md`` and ``OUT/table.json``.
+
+``--option KEY=VALUE`` (repeatable, YAML value) is a training option passed to every
+method (``crop=64``, ``backbone=simple_cnn``, ...). ``--score NAME`` picks the knownness
+score fitted after training and stored in the bundle (a name of ``osma.scores.SCORES``:
+msp, max_logit, energy, centroid, knn, mahalanobis; default: each method's own), and
+``--score-opt KEY=VALUE`` (repeatable, YAML value) sets one of its options, e.g.
+``--score knn --score-opt k=5``; they reach ``osma.methods.train`` as ``score=NAME`` and
+``score.KEY=VALUE``. ``--option score=knn`` and the first format's ``--option knn_k=5``
+still work (``methods.train`` reads them the same way).
 """
 from __future__ import annotations
 
@@ -139,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-plots", action="store_true", help="skip the report plots (t-SNE is slow on big zoos)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="extra training option passed to every method (YAML value), e.g. --option crop=64")
+    ap.add_argument("--score", default=None, metavar="NAME",
+                    help="knownness score of every method (osma.scores: msp, max_logit, energy, centroid, knn, "
+                         "mahalanobis; default: the method's own)")
+    ap.add_argument("--score-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="an option of the score (YAML value), e.g. --score knn --score-opt k=5")
     args = ap.parse_args(argv)
 
     from osma.data import split_names
@@ -160,6 +175,24 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             ap.error(f"--option {opt!r}: expected KEY=VALUE")
         train_options[key.replace("-", "_")] = yaml.safe_load(value)
+    if args.score is not None:
+        from osma.scores import SCORES
+
+        if args.score not in SCORES:
+            ap.error(f"--score {args.score!r}: choose one of {sorted(SCORES)}")
+        if train_options.get("score", args.score) != args.score:
+            ap.error(f"--score {args.score} and --option score={train_options['score']} disagree")
+        train_options["score"] = args.score
+    for opt in args.score_opt:
+        key, sep, value = opt.partition("=")
+        if not sep or not key:
+            ap.error(f"--score-opt {opt!r}: expected KEY=VALUE")
+        train_options[f"score.{key.replace('-', '_')}"] = yaml.safe_load(value)
+    if args.score is not None and args.score_opt:
+        try:  # a misspelt score option fails here rather than after the first run started
+            SCORES[args.score].Options.from_dict({k[6:]: v for k, v in train_options.items() if k.startswith("score.")})
+        except ValueError as exc:
+            ap.error(f"--score-opt: {exc}")
 
     epochs_for = {n: args.epochs for n in names}
     for opt in args.method_epochs:

@@ -6,7 +6,10 @@
 # Steps can be run alone: `bash bench/mini_suite.sh 3 4`. Tables are copied by hand from
 # runs/bench-mini*/table.md|json, printed output (steps 3-5) from stdout, to bench/results/.
 # Steps 1, 4 and 6 were last run on the current mini (v3, bench/results/mini_*); steps 2, 3
-# and 5 on the previous build (bench/results/mini-v2/, see its README).
+# and 5 on the previous build (bench/results/mini-v2/, see its README). Step 6 was run with
+# `--option score=knn`, which `--score knn` replaces (the same training and score). Step 5's
+# bench/scores.py output (mini-v2/mini_scores.txt) predates the scores registry: the script
+# now prints the registered scores (its knn is per class; cent-d is gone, see its docstring).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -88,9 +91,9 @@ fi
 #    then simple_cnn / DCT / T = 1 with centroids and with knn), softmax for the same 30 epochs
 if want 6; then
 ALL=(--splits split1,split2,split3,split4,split5 --methods)
-$PY bench/methods.py "$ZOO" "${ALL[@]}" metric "${COMMON[@]}" --epochs 30 --option score=knn --out runs/bench-mini-metric-knn
+$PY bench/methods.py "$ZOO" "${ALL[@]}" metric "${COMMON[@]}" --epochs 30 --score knn --out runs/bench-mini-metric-knn
 BEST=(--option backbone=simple_cnn --option augment=none --option input=dct --option proxy_scale=1)
-$PY bench/methods.py "$ZOO" "${ALL[@]}" metric "${COMMON[@]}" --epochs 30 "${BEST[@]}" --option score=knn \
+$PY bench/methods.py "$ZOO" "${ALL[@]}" metric "${COMMON[@]}" --epochs 30 "${BEST[@]}" --score knn \
     --out runs/bench-mini-metric-best-knn
 $PY bench/methods.py "$ZOO" "${ALL[@]}" metric "${COMMON[@]}" --epochs 30 "${BEST[@]}" --out runs/bench-mini-metric-best
 $PY bench/methods.py "$ZOO" "${ALL[@]}" softmax "${COMMON[@]}" --epochs 30 --out runs/bench-mini-len30

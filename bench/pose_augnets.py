@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from osma.data import load_split
 from osma.images import load_images
 from osma.methods import load_attributor
+from osma.methods.pose import AugNet
 from osma.runtime import seed_everything
 
 
@@ -70,18 +71,19 @@ def main() -> None:
         to_known = np.mean([F.cosine_similarity(f0, f).mean().item() for f in fa])
         # gradients as in step 1 of training: network in train mode, its weights frozen
         att.train_mode(True)
-        for m in (att.backbone, att.head):
-            for p in m.parameters():
-                p.requires_grad_(False)
+        for name, m in att.modules().items():
+            if name != "augnets":
+                for p in m.parameters():
+                    p.requires_grad_(False)
         xb = x[:64]
-        fresh = att._new_augnet()
+        fresh = AugNet(att.opts.aug_hidden).to(att.device)  # what training creates at the start of an epoch
         last = att.augnets[-1]
         for p in last.parameters():
             p.requires_grad_(True)
         g0 = _grad_norms(att, fresh, xb, att.augnets[0])
         g1 = _grad_norms(att, last, xb, att.augnets[0])
         fmt = " / ".join
-        print(f"{run[-48:]:48s} {att.config['variant']:7s} {float(att.config['w_div']):7.0e} {len(fa):3d} "
+        print(f"{run[-48:]:48s} {att.opts.variant:7s} {float(att.opts.w_div):7.0e} {len(fa):3d} "
               f"{np.mean(pair):12.3f} {np.min(pair):6.3f} {to_known:9.3f}  "
               f"{fmt(f'{g0[k]:.1e}' for k in ('mse', 'close_known', 'div')):34s}  "
               f"{fmt(f'{g1[k]:.1e}' for k in ('mse', 'close_known', 'div'))}")

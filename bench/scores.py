@@ -1,24 +1,40 @@
-"""Scoring separated from training: several knownness scores on the same trained networks.
+"""Scoring separated from training: every knownness score on the same trained networks.
 
-    .venv/bin/python bench/scores.py DATA_LIST.yaml RUN [RUN ...] [--split split1] [--k 10]
+    .venv/bin/python bench/scores.py DATA_LIST.yaml RUN [RUN ...] [--split split1] [--k 10] [--sub 3]
+        [--device auto]
 
-For each trained bundle RUN, the split's training, known test and unknown test images are
-embedded once; then every score below is computed from those embeddings and its AUROC
-(known test vs each unknown group, and all unknowns) is printed, with the closed-set
-accuracy of the prediction that goes with it. This tells whether a method is ahead or
-behind because of what its network learned or because of how it scores (OpenOOD keeps
-the two apart in the same way).
+For each trained bundle RUN the split's images are embedded once, the way ``osma evaluate``
+does (:func:`osma.evaluation.embed_split` for the validation, known test and unknown test
+images; ``att.embed_samples`` for the training images, the evaluation loader that
+training's own score fit uses). Every score below is then fitted on the training
+embeddings and evaluated on the same test embeddings by :func:`osma.evaluation.evaluate`
+(what :func:`osma.evaluation.evaluate_scores` does, without embedding the split twice);
+the table gives its closed-set accuracy and AUROC (known test vs each unknown group, and
+all unknowns). This tells whether a method is ahead or behind because of what its network
+learned or because of how it scores (OpenOOD keeps the two apart in the same way).
 
-Scores (higher = more likely known):
-  own          the method's own score (softmax/pose: max softmax prob.; metric: -d/sigma)
-  msp / maxlogit   softmax and logit of the head (softmax, pose); for metric the softmax
-               over the ProxyNCA++ proxies' negative squared distances
-  cent-d/s     -d(h(x), r_i) / sigma_i at the nearest centroid (Fang et al.), L2-normalised
-               embeddings, centroids and sigmas from the training images
-  cent-d       -d(h(x), r_i), the same without the division by sigma_i
-  knn          -distance to the k-th nearest training embedding (L2-normalised), any class
-  sub-d/s      Fang et al.'s rule with ``--sub`` references per class instead of one: k-means
-               sub-centroids of each class's training embeddings, each with its own sigma
+Scores (higher = more likely known), through the public API only:
+  own          the bundle's own score with its stored fitted state (softmax/pose: msp;
+               metric: centroid; or what the run was trained with, e.g. ``--score knn``)
+  every score of ``osma.scores.SCORES`` that applies, refitted on the training embeddings
+               with its default options: the logit scores (``uses_logits``: msp, max_logit,
+               energy) for methods with logits (softmax / pose head; metric: minus the
+               squared scaled distances to the ProxyNCA++ proxies), and centroid, knn,
+               mahalanobis for every method
+  knn          with ``--k`` (the score's option ``k``, default 10): osma's registered knn,
+               per class minus the distance to its k-th nearest L2-normalised training
+               embedding, best class
+  sub{n}-d/s   a local experiment, not a registered score: Fang et al.'s rule with ``--sub``
+               references per class instead of one: k-means sub-centroids of each class's
+               L2-normalised training embeddings, each with its own sigma
+
+Changes from the earlier version of this script (bench/results/mini-v2/mini_scores.txt):
+rows are named after the registered scores (``maxlogit`` is ``max_logit``, ``cent-d/s`` is
+``centroid``); ``energy`` and ``mahalanobis`` are new; ``knn`` is now the registered
+per-class rule (the earlier script used the k-th nearest training embedding of any class,
+Sun et al.'s form), so its numbers are not comparable; and ``cent-d`` (-d(h(x), r_i)
+without the division by sigma_i) is dropped: it is not expressible as a registered score
+(``centroid`` always divides by sigma; its only option is ``normalize``).
 """
 from __future__ import annotations
 
@@ -29,55 +45,88 @@ import time
 import numpy as np
 
 
-def score_table(att, e_train: np.ndarray, y_train: np.ndarray, e: np.ndarray, k: int,  # noqa: ANN001
-                sub: int = 3) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every score of the module docstring for embeddings ``e``: name -> (prediction, score)."""
-    import torch
-    from sklearn.neighbors import NearestNeighbors
+def sub_centroid_rule(e_train: np.ndarray, y_train: np.ndarray, n_classes: int, e: np.ndarray,
+                      sub: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fang et al.'s -d / sigma rule with up to ``sub`` k-means sub-centroids per class.
 
-    from osma.methods.network import centroid_distances, class_statistics, l2_normalize
+    Fitted on training embeddings ``e_train`` (labels ``y_train`` in 0..n_classes-1), applied
+    to ``e``; all L2-normalised. Returns (predicted class, knownness score) for ``e``.
+    """
+    from sklearn.cluster import KMeans
 
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    own = att.predict_embeddings(e)
-    out["own"] = (np.asarray(own.pred), np.asarray(own.score))
-    with torch.no_grad():
-        t = torch.from_numpy(np.asarray(e, np.float32)).to(att.device)
-        if hasattr(att, "head"):
-            logits = att._logits(t)
-        elif hasattr(att, "proxy"):
-            logits = -att.proxy.distances(t)
-        else:
-            logits = None
-    if logits is not None:
-        lg = logits.double().cpu().numpy()
-        p = np.exp(lg - lg.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        out["msp"] = (p.argmax(1), p.max(1))
-        out["maxlogit"] = (lg.argmax(1), lg.max(1))
+    from osma.scores import centroid_distances, class_statistics, l2_normalize
+
     tr, x = l2_normalize(e_train), l2_normalize(e)
-    cent, sig = class_statistics(tr, y_train, att.n_train)
-    d = centroid_distances(x, cent)
-    z = d / sig[None, :]
-    out["cent-d/s"] = (z.argmin(1), -z.min(1))
-    out["cent-d"] = (d.argmin(1), -d.min(1))
-    nn = NearestNeighbors(n_neighbors=k).fit(tr)
-    dist, idx = nn.kneighbors(x)
-    out["knn"] = (y_train[idx[:, 0]], -dist[:, -1])
-    if sub > 1:
-        from sklearn.cluster import KMeans
+    sub_label = np.zeros(len(tr), np.int64)  # class c, cluster j -> c * sub + j
+    for c in range(n_classes):
+        members = y_train == c
+        n_sub = max(1, min(sub, int(members.sum()) // 2))  # every sub-centroid needs 2 images for a spread
+        lab = KMeans(n_sub, n_init=4, random_state=0).fit_predict(tr[members]) if n_sub > 1 else np.zeros(
+            int(members.sum()), np.int64)
+        n = np.bincount(lab, minlength=n_sub)
+        lab[n[lab] < 2] = n.argmax()  # a lone outlier cannot have a spread: join the largest
+        sub_label[members] = c * sub + lab
+    used = np.unique(sub_label)
+    refs, ref_sig = class_statistics(tr, np.searchsorted(used, sub_label), len(used))
+    ref_cls = used // sub
+    z = centroid_distances(x, refs) / ref_sig[None, :].astype(np.float64)
+    return ref_cls[z.argmin(1)], -z.min(1)
 
-        sub_label = np.zeros(len(tr), np.int64)  # class c, cluster j -> c * sub + j
-        for c in range(att.n_train):
-            lab = KMeans(sub, n_init=4, random_state=0).fit_predict(tr[y_train == c])
-            n = np.bincount(lab, minlength=sub)
-            lab[n[lab] < 2] = n.argmax()  # a lone outlier cannot have a spread: join the largest
-            sub_label[y_train == c] = c * sub + lab
-        used = np.unique(sub_label)
-        refs, ref_sig = class_statistics(tr, np.searchsorted(used, sub_label), len(used))
-        ref_cls = used // sub
-        zs = centroid_distances(x, refs) / ref_sig[None, :]
-        out[f"sub{sub}-d/s"] = (ref_cls[zs.argmin(1)], -zs.min(1))
-    return out
+
+def _row(report: dict, groups: list[str]) -> list[float | None]:
+    """Acc, AUROC per group, AUROC all of an evaluation report (fractions, None if absent)."""
+    return [report["closed_set"]["accuracy"], *[report["open_set"][g]["auroc"] for g in groups],
+            report["open_set"]["all"]["auroc"]]
+
+
+def score_rows(att, split, k: int = 10, sub: int = 3, batch_size: int = 64,  # noqa: ANN001
+               groups: list[str] | None = None) -> tuple[dict[str, list[float | None]], dict]:
+    """Every score of the module docstring for trained attributor ``att`` on ``split``:
+    row name -> [Acc, AUROC per group, AUROC all], and some counts for the header."""
+    from osma import metrics
+    from osma.data import UNKNOWN_GROUPS
+    from osma.evaluation import embed_split, evaluate, with_score
+    from osma.scores import SCORES
+
+    groups = list(UNKNOWN_GROUPS) if groups is None else groups
+    outs = embed_split(att, split, batch_size=batch_size)  # val, known test, unknown test: once
+    e_tr, y_tr = att.embed_samples(split.train)  # what training's own score fit uses
+    has_logits = att.features_of(e_tr[:1]).logits is not None
+
+    def run(a) -> dict:  # noqa: ANN001
+        return evaluate(a, split, None, outputs=outs, batch_size=batch_size, plots=False)
+
+    own = run(att)
+    rows = {"own": _row(own, groups)}
+    for name, cls in sorted(SCORES.items(), key=lambda kv: not kv[1].uses_logits):  # logit scores first
+        if cls.uses_logits and not has_logits:
+            continue
+        options = {"k": k} if name == "knn" else {}
+        label = f"{name} (k={k})" if name == "knn" else name
+        if name == att.score.name and cls.Options.from_dict(options) == att.score.options:
+            rows[label] = rows["own"]  # the bundle's own score, fitted on the same embeddings
+            continue
+        rows[label] = _row(run(with_score(att, name, options, e_tr, y_tr)), groups)
+
+    if sub > 1:
+        idx = {c: i for i, c in enumerate(att.classes)}
+        y_te = np.array([idx[c] for c in outs.test.labels])
+        unk = [outs.groups[g] for g in UNKNOWN_GROUPS if len(outs.groups[g])]
+        e_all = np.concatenate([outs.test.embedding, *[o.embedding for o in unk]])
+        g_all = np.concatenate([[g] * len(outs.groups[g]) for g in UNKNOWN_GROUPS if len(outs.groups[g])] or
+                               [np.zeros(0, str)])
+        pred, score = sub_centroid_rule(e_tr, y_tr, att.n_train, e_all, sub)
+        n_te = len(y_te)
+        s_known, s_unk = score[:n_te], score[n_te:]
+
+        def auroc(mask: np.ndarray) -> float | None:
+            return float(metrics.auroc(s_known, s_unk[mask])) if mask.any() and n_te else None
+
+        rows[f"sub{sub}-d/s"] = [float(metrics.closed_set_accuracy(y_te, pred[:n_te])),
+                                 *[auroc(g_all == g) for g in groups], auroc(np.ones(len(s_unk), bool))]
+    info = {"train": len(y_tr), "test": len(outs.test), "unknown": sum(len(o) for o in outs.groups.values()),
+            "own": att.score.describe()}
+    return rows, info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,50 +136,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--split", default="split1")
     ap.add_argument("--k", type=int, default=10, help="k of the knn score")
-    ap.add_argument("--sub", type=int, default=3, help="references per class of the sub-d/s score")
+    ap.add_argument("--sub", type=int, default=3, help="references per class of the sub-d/s rule (1: skip it)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
 
-    import osma
-    from osma import metrics
     from osma.data import UNKNOWN_GROUPS, load_split
+    from osma.methods import load_attributor
 
     sp = load_split(args.data_list, args.split)
     groups = [g for g in UNKNOWN_GROUPS if sp.test_out.get(g)]
     for run in args.runs:
         t0 = time.time()
-        model = osma.load(run, device=args.device)
-        att = model.attributor
-        idx_of = {c: i for i, c in enumerate(att.classes)}
-
-        def emb(samples):  # noqa: ANN001, ANN202
-            e, ok, _ = model.embed([str(s.path) for s in samples])
-            return e, [samples[i] for i in ok]
-
-        e_tr, s_tr = emb(sp.train)
-        y_tr = np.array([idx_of[s.label] for s in s_tr])
-        e_te, s_te = emb(sp.test)
-        y_te = np.array([idx_of[s.label] for s in s_te])
-        e_un, g_un = [], []
-        for g in groups:
-            e, s = emb(sp.test_out[g])
-            e_un.append(e)
-            g_un += [g] * len(s)
-        e_un, g_un = np.concatenate(e_un), np.array(g_un)
-        # one call: the training-side fits (centroids, k-means, kNN index) are made once
-        both = score_table(att, e_tr, y_tr, np.concatenate([e_te, e_un]), args.k, args.sub)
-        n_te = len(y_te)
-
-        print(f"\n{model.method} {att.config.get('backbone')} ({run}), {args.split}: "
-              f"{len(y_tr)} train / {len(y_te)} known test / {len(g_un)} unknown test images, {time.time() - t0:.0f} s")
+        att = load_attributor(run, args.device)
+        rows, info = score_rows(att, sp, args.k, args.sub, groups=groups)
+        own = info["own"]
+        own_desc = own["name"] + (f" {own['options']}" if own["options"] else "")
+        print(f"\n{att.method} {att.opts.backbone} ({run}), {args.split}: {info['train']} train / {info['test']} "
+              f"known test / {info['unknown']} unknown test images, own score {own_desc}, {time.time() - t0:.0f} s")
         cols = ["score", "Acc", *[f"AUROC {g}" for g in groups], "AUROC all"]
         print("| " + " | ".join(cols) + " |")
         print("|---|" + "---:|" * (len(cols) - 1))
-        for name, (pred_all, s_all) in both.items():
-            pred, s_known, s_unk = pred_all[:n_te], s_all[:n_te], s_all[n_te:]
-            aur = [metrics.auroc(s_known, s_unk[g_un == g]) for g in groups] + [metrics.auroc(s_known, s_unk)]
-            acc = metrics.closed_set_accuracy(y_te, pred)
-            print(f"| {name} | {100 * acc:.1f} | " + " | ".join(f"{100 * a:.1f}" for a in aur) + " |")
+        for name, vals in rows.items():
+            print(f"| {name} | " + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in vals) + " |")
     return 0
 
 
