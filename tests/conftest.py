@@ -81,3 +81,11 @@ def tiny_zoo() -> Path:
     from osma.zoo import build
 
     return Path(build("tiny", REPO / "runs" / "test-zoo-tiny", seed=0, device="cpu", progress=False))
+
+
+@pytest.fixture(scope="session")
+def micro_zoo() -> Path:
+    """data_list.yaml of the built-in ``micro`` zoo (seconds), built once into runs/test-zoo-micro."""
+    from osma.zoo import build
+
+    return Path(build("micro", REPO / "runs" / "test-zoo-micro", seed=0, device="cpu", progress=False))

@@ -11,7 +11,9 @@ buffers, fitted once on the training images' evaluation patches before training
   a fixed positive factor per coefficient (sqrt(2H)*sqrt(2W), times sqrt(2) on the first
   row and column), a scale the first BatchNorm absorbs; the orthonormal one keeps values O(1).
 - ``logdct``: log(|DCT| + eps), standardised per coefficient with the mean and standard
-  deviation over the training set (Frank et al., ICML 2020, "DCT-CNN").
+  deviation over the training set (Frank et al., ICML 2020, "DCT-CNN"); eps = 1e-6, a
+  floor above floating-point noise, so that coefficients that are exactly zero (flat
+  regions) do not turn the statistics into noise.
 """
 from __future__ import annotations
 
@@ -82,7 +84,9 @@ class LogDCT(InputTransform):
     """log(|DCT| + eps) standardised per coefficient (mean / std fitted on training patches)."""
 
     needs_fit = True
-    eps: ClassVar[float] = 1e-12
+    #: floor under |DCT|: coefficients that are zero in exact arithmetic come out as
+    #: ~1e-16 noise, and log(1e-12 + noise) would make their statistics noise too
+    eps: ClassVar[float] = 1e-6
 
     def __init__(self, size: int) -> None:
         super().__init__(size)
@@ -92,7 +96,8 @@ class LogDCT(InputTransform):
     def _log(self, pixels: torch.Tensor) -> torch.Tensor:
         from osma.images import dct2
 
-        return torch.log(dct2(pixels).abs() + self.eps)
+        # float64: the log magnifies the float32 error of near-zero coefficients
+        return torch.log(dct2(pixels.double()).abs() + self.eps)
 
     @torch.no_grad()
     def fit(self, batches: Iterable[torch.Tensor]) -> None:
@@ -111,7 +116,7 @@ class LogDCT(InputTransform):
         self.std.copy_(std.float())
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return (self._log(pixels) - self.mean) / self.std
+        return ((self._log(pixels) - self.mean) / self.std).to(pixels.dtype)
 
 
 def create_input(name: str, size: int) -> InputTransform:
