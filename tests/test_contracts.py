@@ -186,3 +186,25 @@ def test_unknown_bundle_format_is_refused(bundles, tmp_path: Path) -> None:  # n
     (d / "model.safetensors").write_bytes((bundles["softmax"] / "model.safetensors").read_bytes())
     with pytest.raises(ValueError, match="unknown bundle format"):
         methods.load_attributor(d)
+
+
+def test_init_from_copies_matching_modules(bundles, micro_split) -> None:  # noqa: ANN001
+    """``init_from``: a POSE model starts from a trained softmax bundle (backbone and head
+    have the same shapes); a bundle with another backbone is refused."""
+    src = load_file(str(bundles["softmax"] / "model.safetensors"))
+    opts = {k: v for k, v in FAST.items() if k not in ("progress", "workers", "batches_per_epoch")}
+    att = methods.create_method("pose", micro_split.known_classes, init_from=str(bundles["softmax"]), **opts)
+    assert att.init_weights_from(bundles["softmax"]) == ["backbone", "head"]
+    for k, v in att.backbone.state_dict().items():
+        assert torch.equal(v, src[f"backbone.{k}"]), k
+    with pytest.raises(ValueError, match="backbone does not match"):
+        att.init_weights_from(bundles["metric"])
+
+
+def test_resize_then_crop_sizes_the_network_from_the_crop(micro_zoo: Path, tmp_path: Path) -> None:
+    """``--resize 48`` with a 24-pixel crop: the network sees 24 x 24 patches (it was sized
+    from the resize before, and crashed)."""
+    att = methods.train(micro_zoo, "split1", "pose", tmp_path, epochs=1, seed=0, **{**FAST, "resize": 48})
+    sp = load_split(micro_zoo, "split1")
+    p = att.predict_arrays([load_image(s.path) for s in sp.test[:4]])
+    assert np.isfinite(p.score).all() and att.prepare(load_image(sp.test[0].path)).shape == (24, 24, 3)
