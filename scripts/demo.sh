@@ -32,6 +32,10 @@ echo; echo "== 4. evaluate on known and unknown test images"
 $OSMA evaluate "$RUN" --data "$ZOO/data_list.yaml" --split split1 --out "$RUN/report"
 sed -n '1,40p' "$RUN/report/report.md"
 
+echo; echo "== 4b. other knownness scores on the same network (fitted on the training images, no retraining)"
+$OSMA evaluate "$RUN" --data "$ZOO/data_list.yaml" --split split1 --out "$RUN/scores" --no-plots \
+    --score msp --score energy --score knn --score mahalanobis
+
 echo; echo "== 5. calibrate the rejection threshold on validation data, then attribute a few images"
 $OSMA calibrate "$RUN" --data "$ZOO/data_list.yaml" --split split1
 python_pick() { .venv/bin/python - "$@" <<'PY'

@@ -41,7 +41,7 @@ def test_train_evaluate_attribute_on_tiny_zoo(tiny_zoo: Path, tmp_path: Path, me
     doc = json.loads((run / "model.json").read_text())
     assert doc["method"] == method and doc["classes"] == split.known_classes
     if extra:
-        assert doc["config"]["score"] == "knn"
+        assert doc["score"]["name"] == "knn"
 
     # the bundle reloads to identical predictions
     imgs = [load_image(s.path) for s in split.test[:6] + split.test_out["arch"][:6]]
@@ -60,6 +60,13 @@ def test_train_evaluate_attribute_on_tiny_zoo(tiny_zoo: Path, tmp_path: Path, me
 
     _ok(["calibrate", str(run), "--data", str(tiny_zoo), "--split", "split1"])
     assert json.loads((run / "model.json").read_text())["tau"] is not None
+    # with a stored tau, evaluate reports at it too, labelled; another score on the same network
+    _ok(["evaluate", str(run), "--data", str(tiny_zoo), "--split", "split1", "--out", str(out), "--no-plots"])
+    assert json.loads((out / "report.json").read_text())["fang_model_tau"]["tau_source"] == "model"
+    multi = tmp_path / f"{method}-scores"
+    _ok(["evaluate", str(run), "--data", str(tiny_zoo), "--split", "split1", "--out", str(multi), "--no-plots",
+         "--score", "energy", "--score", "mahalanobis"])
+    assert (multi / "scores.md").is_file() and (multi / "energy" / "report.json").is_file()
     paths = [str(s.path) for s in split.test[:2] + split.test_out["seed"][:2]]
     table = _ok(["attribute", str(run), *paths, "--format", "jsonl"])
     rows = [json.loads(ln) for ln in table.splitlines() if ln.startswith("{")]
