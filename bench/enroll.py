@@ -72,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     e_held, _, _ = model.embed(held)
     e_pool, _, _ = model.embed(pool)
 
+    from osma.decision import UNKNOWN, accept
+
     def decide(att, emb: np.ndarray) -> np.ndarray:  # noqa: ANN001
         p = att.predict_embeddings(emb)
         names = np.array(att.classes)[p.pred]
-        return np.where(p.score >= tau, names, "unknown")
+        return np.where(accept(p.score, tau), names, UNKNOWN)
 
     rows = []
     base = model.attributor

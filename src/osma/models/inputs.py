@@ -17,27 +17,22 @@ buffers, fitted once on the training images' evaluation patches before training
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from osma.registry import Registry
+
+def _named(name: str, cls: type["InputTransform"]) -> None:
+    cls.name = name
+
+
 #: input transform registry: name -> class
-INPUTS: dict[str, type["InputTransform"]] = {}
-
-
-def register_input(name: str) -> Callable[[type["InputTransform"]], type["InputTransform"]]:
-    """Class decorator: make an input transform buildable by :func:`create_input`."""
-
-    def deco(cls: type[InputTransform]) -> type[InputTransform]:
-        if name in INPUTS:
-            raise ValueError(f"input transform {name!r} is registered twice")
-        cls.name = name
-        INPUTS[name] = cls
-        return cls
-
-    return deco
+INPUTS: Registry[type["InputTransform"]] = Registry("input", _named)
+#: class decorator: make an input transform buildable by :func:`create_input`
+register_input = INPUTS.register
 
 
 class InputTransform(nn.Module):
@@ -121,9 +116,7 @@ class LogDCT(InputTransform):
 
 def create_input(name: str, size: int) -> InputTransform:
     """Build input transform ``name`` for ``size`` x ``size`` patches."""
-    if name not in INPUTS:
-        raise ValueError(f"unknown input {name!r}; choose one of {sorted(INPUTS)}")
-    return INPUTS[name](size)
+    return INPUTS.get(name)(size)
 
 
 def to_pixels(batch_uint8: torch.Tensor) -> torch.Tensor:

@@ -12,20 +12,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from osma.registry import Registry
+
 #: backbone registry: name -> constructor taking ``in_size, in_channels, embed_dim, width``
-BACKBONES: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_backbone(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: make a backbone buildable by :func:`create_backbone` under ``name``."""
-
-    def deco(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in BACKBONES:
-            raise ValueError(f"backbone {name!r} is registered twice")
-        BACKBONES[name] = cls
-        return cls
-
-    return deco
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
+#: class decorator: make a backbone buildable by :func:`create_backbone` under a name
+register_backbone = BACKBONES.register
 
 
 def create_backbone(name: str, *, in_size: int, in_channels: int = 3, embed_dim: int = 512, **kw) -> nn.Module:  # noqa: ANN003
@@ -33,9 +25,7 @@ def create_backbone(name: str, *, in_size: int, in_channels: int = 3, embed_dim:
 
     Extra keyword arguments (``width``: channel multiplier) go to the constructor.
     """
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
-    return BACKBONES[name](in_size=in_size, in_channels=in_channels, embed_dim=embed_dim, **kw)
+    return BACKBONES.get(name)(in_size=in_size, in_channels=in_channels, embed_dim=embed_dim, **kw)
 
 
 def channels(c: int, width: float) -> int:

@@ -24,9 +24,7 @@ from osma.scores.base import (SCORES, Features, Prediction, Score, centroid_dist
 
 def create_score(name: str, options: Mapping[str, Any] | None = None) -> Score:
     """An unfitted score ``name`` with ``options`` (its defaults otherwise)."""
-    if name not in SCORES:
-        raise ValueError(f"unknown score {name!r}; choose one of {sorted(SCORES)}")
-    return SCORES[name](options)
+    return SCORES.get(name)(options)
 
 
 __all__ = ["SCORES", "Features", "Prediction", "Score", "centroid_distances", "class_statistics", "create_score",

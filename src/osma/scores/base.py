@@ -14,7 +14,7 @@ of a few of its images. Its fitted tensors are saved in the bundle under ``score
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -22,23 +22,17 @@ import numpy as np
 import torch
 
 from osma.options import NoOptions, Options
+from osma.registry import Registry
+
+def _named(name: str, cls: type["Score"]) -> None:
+    cls.name = name
+    cls.Options.owner = f"score {name}"
+
 
 #: score registry: name -> class
-SCORES: dict[str, type["Score"]] = {}
-
-
-def register_score(name: str) -> Callable[[type["Score"]], type["Score"]]:
-    """Class decorator: make a score available by ``name`` (CLI, evaluation, contract tests)."""
-
-    def deco(cls: type[Score]) -> type[Score]:
-        if name in SCORES:
-            raise ValueError(f"score {name!r} is registered twice")
-        cls.name = name
-        cls.Options.owner = f"score {name}"
-        SCORES[name] = cls
-        return cls
-
-    return deco
+SCORES: Registry[type["Score"]] = Registry("score", _named)
+#: class decorator: make a score available by name (CLI, evaluation, contract tests)
+register_score = SCORES.register
 
 
 @dataclass

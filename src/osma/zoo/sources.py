@@ -24,11 +24,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from osma.images.decode import IMAGE_EXTENSIONS
+
 #: fraction of each photo's width (right-hand band) reserved for the ``real`` class
 REAL_FRACTION = 0.3
 #: down-scaling factors tried for every photo (those that leave a band >= patch size)
 SCALES: tuple[float, ...] = (1 / 2, 1 / 3, 1 / 4, 1 / 6, 1 / 8)
-_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+_EXTS = tuple(sorted(IMAGE_EXTENSIONS))  # str.endswith needs a tuple
 Image.MAX_IMAGE_PIXELS = 120_000_000  # wallpapers are large; still refuse decompression bombs
 
 
