@@ -47,7 +47,7 @@ def train_cmd(
     crop: Optional[int] = typer.Option(None, "--crop", help="Crop size in pixels (default 32, the zoo's image size)."),
     resize: Optional[int] = typer.Option(None, "--resize", help="Resize images to this square size before cropping."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (data order, augmentation, initialisation)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (data order, augmentation, initialisation; default 0)."),
     resume: bool = typer.Option(False, "--resume", help="Continue after the last checkpoint in OUT/checkpoints."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (divided among classes)."),
     per_class: Optional[int] = typer.Option(None, "--per-class", help="Images per class in each balanced batch."),
@@ -76,15 +76,19 @@ def train_cmd(
         if data is None or out is None:
             raise typer.BadParameter("--data and --out are required (unless --list-options)")
         options = parse_assignments(opt)
-        flags = {"backbone": backbone, "input": input, "crop": crop, "resize": resize, "per_class": per_class,
-                 "batches_per_epoch": batches_per_epoch, "lr": lr, "workers": workers}
+        for k in ("device", "resume", "batch_size", "root", "progress", "score"):
+            if k in options:
+                raise OptionError(f"--opt {k}=...: use the --{k.replace('_', '-')} flag")
+        flags = {"seed": seed, "epochs": epochs, "backbone": backbone, "input": input, "crop": crop, "resize": resize,
+                 "per_class": per_class, "batches_per_epoch": batches_per_epoch, "lr": lr, "workers": workers}
         for k, v in flags.items():
             if v is not None:
                 if k in options:
                     raise OptionError(f"option {k!r} given both as --{k.replace('_', '-')} and --opt")
                 options[k] = v
         att = methods.train(
-            data, split, method, out, epochs=epochs, device=device, seed=seed, resume=resume, batch_size=batch_size,
+            data, split, method, out, epochs=options.pop("epochs", None), device=device,
+            seed=options.pop("seed", 0), resume=resume, batch_size=batch_size,
             progress=not quiet, root=root, score=sname, **{f"score.{k}": v for k, v in sopts.items()}, **options,
         )
     except (ValueError, FileNotFoundError) as exc:

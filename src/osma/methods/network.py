@@ -261,12 +261,14 @@ class NetworkMethod(Attributor):
 
     def fit_score(self, emb: np.ndarray, labels: np.ndarray, score: Score | None = None) -> None:
         """Fit ``score`` (default: the model's own) on training embeddings and make it the
-        model's score. Enrolled sources are lost: re-enroll them afterwards."""
+        model's score. Enrolled sources and tau belong to the old score: they are dropped
+        (enroll and calibrate again)."""
         s = score if score is not None else self.score
         s.fit(self.features_of(emb), np.asarray(labels), self.n_train)
         self.score = s
         self.classes = self.classes[: self.n_train]
         self.enrolled = {}
+        self.tau = None
 
     # ------------------------------------------------------------------ training (used by the Trainer)
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
