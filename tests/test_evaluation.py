@@ -284,4 +284,4 @@ def test_cli_evaluate_missing_run(toy_benchmark: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "empty"), "--data", str(toy_benchmark),
                                    "--out", str(tmp_path / "r")])
-    assert res.exit_code == 2 and "not a model bundle" in res.output
+    assert res.exit_code == 2 and "model bundle" in res.output
