@@ -23,9 +23,12 @@ class OptionError(ValueError):
     """A bad option: unknown key, wrong type or out-of-range value (the message names it)."""
 
 
-def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None) -> Any:  # noqa: A002, ANN401
-    """A dataclass field with its help text and constraints in the metadata."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "min": min})
+def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,  # noqa: A002, ANN401
+        max: float | None = None) -> Any:  # noqa: A002, ANN401
+    """A dataclass field with its help text and constraints (``choices``, ``min``, ``max``)
+    in the metadata. A ``max`` bounds what a bundle or a command line can make osma
+    allocate (a crop of 100000 pixels would ask for 100 GB)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max})
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -91,11 +94,15 @@ class Options:
             v = getattr(self, f.name)
             setattr(self, f.name, _coerce(v, hints[f.name], f.name, f"{self.owner}: "))
             v = getattr(self, f.name)
-            choices, lo = f.metadata.get("choices"), f.metadata.get("min")
+            choices, lo, hi = f.metadata.get("choices"), f.metadata.get("min"), f.metadata.get("max")
             if choices is not None and v is not None and v not in choices:
                 raise OptionError(f"{self.owner}: option {f.name!r}: {v!r} is not one of {list(choices)}")
-            if lo is not None and v is not None and (v < lo or (isinstance(v, float) and not math.isfinite(v))):
-                raise OptionError(f"{self.owner}: option {f.name!r}: must be a finite number >= {lo}, got {v!r}")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise OptionError(f"{self.owner}: option {f.name!r}: must be a finite number, got {v!r}")
+            if lo is not None and v is not None and v < lo:
+                raise OptionError(f"{self.owner}: option {f.name!r}: must be >= {lo}, got {v!r}")
+            if hi is not None and v is not None and v > hi:
+                raise OptionError(f"{self.owner}: option {f.name!r}: must be <= {hi}, got {v!r}")
         self.validate()
 
     def validate(self) -> None:
@@ -112,9 +119,11 @@ class Options:
 
         ``where`` (a file, a command-line flag) prefixes the messages.
         """
-        values = dict(values or {})
-        if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
+        if values is None:
+            values = {}
+        if not isinstance(values, Mapping) or not all(isinstance(k, str) for k in values):
             raise OptionError(f"{where}{cls.owner}: options must be a mapping of names to values")
+        values = dict(values)
         unknown = sorted(set(values) - set(cls.names()))
         if unknown:
             raise OptionError(f"{where}{cls.owner}: unknown option(s) {unknown}; valid: {cls.names()}")

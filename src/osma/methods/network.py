@@ -15,6 +15,7 @@ executes code; bundles of the first format (``osma-bundle/1``) are converted on 
 from __future__ import annotations
 
 import json
+import math
 import platform
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from osma.methods.base import Attributor, Prediction
+from osma.names import check_source_name
 from osma.models import BACKBONES, INPUTS, constrain, create_backbone, create_input, to_pixels
 from osma.options import OptionError, Options, opt
 from osma.runtime import resolve_device
@@ -42,8 +44,9 @@ class Preprocess(Options):
 
     owner = "preprocess"
     input: str = opt("rgb", "network input transform (osma.models.inputs registry)")
-    crop: int = opt(32, "side of the square crop the network sees, in pixels", min=4)
-    resize: int | None = opt(None, "resize images to this square size before cropping (None: never resample)", min=4)
+    crop: int = opt(32, "side of the square crop the network sees, in pixels", min=4, max=4096)
+    resize: int | None = opt(None, "resize images to this square size before cropping (None: never resample)",
+                             min=4, max=16384)
     augment: str = opt("none", "training augmentation", choices=AUGMENTS)
 
     def validate(self) -> None:
@@ -56,14 +59,14 @@ class NetworkOptions(Options):
     """Options every network method has (methods add theirs and change defaults)."""
 
     backbone: str = opt("simple_cnn", "embedding network (osma.models registry)")
-    embed_dim: int = opt(512, "embedding size", min=1)
-    width: float = opt(1.0, "channel multiplier of the backbone", min=0.01)
+    embed_dim: int = opt(512, "embedding size", min=1, max=65536)
+    width: float = opt(1.0, "channel multiplier of the backbone", min=0.01, max=16)
     epochs: int = opt(10, "training epochs", min=0)
     per_class: int = opt(8, "images per class in each balanced batch", min=1)
     batches_per_epoch: int | None = opt(None, "balanced batches per epoch (None: about one pass over the data)", min=1)
     lr: float = opt(1e-4, "learning rate of the network", min=0)
     seed: int = opt(0, "seed of initialisation, data order and augmentation")
-    embed_batch_size: int = opt(128, "images per batch when embedding", min=1)
+    embed_batch_size: int = opt(128, "images per batch when embedding", min=1, max=65536)
     workers: int | None = opt(None, "DataLoader worker processes (None: from the CPU count)", min=0)
     cache_limit: int = opt(100_000, "keep decoded training images in memory up to this many", min=0)
     precise_bn: bool = opt(True, "recompute BatchNorm statistics over the training images after training")
@@ -112,6 +115,10 @@ class NetworkMethod(Attributor):
                  score_options: Mapping[str, Any] | None = None, device: str = "auto") -> None:
         if len(classes) < 2:
             raise ValueError(f"need at least two known classes, got {classes}")
+        for c in classes:
+            check_source_name(c, "known class: ")
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"known classes must be distinct, got {classes}")
         self.classes = list(classes)
         self.n_train = len(self.classes)
         self.tau: float | None = None
@@ -343,6 +350,7 @@ class NetworkMethod(Attributor):
             raise ValueError(f"enroll {name!r}: expected embeddings of shape (N, {self.opts.embed_dim}), got {emb.shape}")
         if len(emb) < 2:
             raise ValueError(f"enroll {name!r}: need at least 2 images to estimate a reference, got {len(emb)}")
+        check_source_name(name, "enroll: ")
         if name in self.classes:
             raise ValueError(f"source {name!r} is already known")
         try:
@@ -391,9 +399,12 @@ class NetworkMethod(Attributor):
         """An untrained model with the configuration of a (current-format) ``model.json``."""
         n = int(doc.get("n_trained", len(doc["classes"])))
         sc = doc.get("score") or {}
-        obj = cls(list(doc["classes"][:n]), options=cls.Options.from_dict(doc.get("options"), where),
-                  preprocess=Preprocess.from_dict(doc.get("preprocess"), where),
-                  score=sc.get("name"), score_options=sc.get("options"), device=device)
+        try:
+            obj = cls(list(doc["classes"][:n]), options=cls.Options.from_dict(doc.get("options"), where),
+                      preprocess=Preprocess.from_dict(doc.get("preprocess"), where),
+                      score=sc.get("name"), score_options=sc.get("options"), device=device)
+        except ValueError as exc:  # a bad option or score: say which file it came from
+            raise ValueError(str(exc) if str(exc).startswith(where) else f"{where}{exc}") from None
         rec = doc.get("training") or {}
         obj.training = TrainingRecord(**{k: rec[k] for k in TrainingRecord.__dataclass_fields__ if k in rec})
         return obj
@@ -405,44 +416,116 @@ class NetworkMethod(Attributor):
 
         d = Path(bundle_dir)
         doc = read_bundle_json(d)
-        tensors = load_file(str(d / "model.safetensors"))
+        tensors = read_bundle_tensors(d)
         if doc.get("format", "osma-bundle/1") == "osma-bundle/1":
             doc, tensors = convert_document(doc, d / "model.json"), convert_tensors(doc, tensors)
         obj = cls.from_document(doc, device=device, where=f"{d / 'model.json'}: ")
         obj.classes = list(doc["classes"])
         obj.tau = None if doc.get("tau") is None else float(doc["tau"])
         obj.enrolled = {str(k): int(v) for k, v in (doc.get("enrolled") or {}).items()}
-        obj.load_tensors(tensors)
+        try:
+            obj.load_tensors(tensors)
+        except (RuntimeError, ValueError, KeyError) as exc:  # missing / unexpected / mis-shaped tensors
+            msg = str(exc).strip().splitlines()
+            raise ValueError(f"{d / 'model.safetensors'}: the tensors do not match model.json "
+                             f"({doc['method']}, {len(doc['classes'])} sources): {' '.join(msg)[:400]}") from None
         obj.to(obj.device)
         obj.train_mode(False)
         return obj
 
     def load_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Restore module weights and the score's state from a flat tensor dict."""
+        """Restore module weights and the score's state from a flat tensor dict; missing,
+        unexpected and mis-shaped tensors are one ``ValueError`` naming them."""
+        problems: list[str] = []
         for k, m in self.modules().items():
             sd = {n[len(k) + 1:]: v for n, v in tensors.items() if n.startswith(k + ".")}
-            m.load_state_dict(sd)
+            own = m.state_dict()
+            problems += [f"tensor '{k}.{n}' missing" for n in own if n not in sd]
+            problems += [f"unexpected tensor '{k}.{n}'" for n in sd if n not in own]
+            problems += [f"tensor '{k}.{n}' has shape {tuple(sd[n].shape)}, expected {tuple(own[n].shape)}"
+                         for n in own if n in sd and sd[n].shape != own[n].shape]
+        if problems:
+            raise ValueError("; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+        for k, m in self.modules().items():
+            m.load_state_dict({n[len(k) + 1:]: v for n, v in tensors.items() if n.startswith(k + ".")})
         self.score.load_tensors({n[6:]: v for n, v in tensors.items() if n.startswith("score.")}, len(self.classes))
 
 
+#: the largest model.json / model.safetensors read (a bundle of a large network is ~100 MB)
+MAX_BUNDLE_JSON_BYTES = 64 * 2**20
+MAX_BUNDLE_TENSOR_BYTES = 4 * 2**30
+
+
+def _expect(js: Path, key: str, ok: bool, expected: str, got: Any) -> None:  # noqa: ANN401
+    if not ok:
+        shown = repr(got)
+        raise ValueError(f"{js}: key {key!r}: expected {expected}, got {shown[:80]}{'...' if len(shown) > 80 else ''}")
+
+
 def read_bundle_json(d: Path) -> dict[str, Any]:
-    """Parse and check ``model.json`` of bundle directory ``d``."""
+    """Parse ``model.json`` of bundle directory ``d`` and check its schema: every problem is
+    a ``ValueError`` naming the file and the key (option values are checked when the
+    options are built, with the same kind of message)."""
     js = Path(d) / "model.json"
     if not js.is_file() or not (Path(d) / "model.safetensors").is_file():
         raise FileNotFoundError(f"{d}: not a model bundle (needs model.json and model.safetensors)")
+    if js.stat().st_size > MAX_BUNDLE_JSON_BYTES:
+        raise ValueError(f"{js}: {js.stat().st_size} bytes, more than a model.json can be ({MAX_BUNDLE_JSON_BYTES})")
     try:
         doc = json.loads(js.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{js}: line {e.lineno}: invalid JSON ({e.msg})") from e
+        raise ValueError(f"{js}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    except (UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"{js}: not a readable JSON document ({type(e).__name__})") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{js}: expected a JSON object")
     for key in ("method", "classes"):
         if key not in doc:
             raise ValueError(f"{js}: missing key {key!r}")
     fmt = doc.get("format", "osma-bundle/1")
+    _expect(js, "format", isinstance(fmt, str), "a string", fmt)
     if fmt not in ("osma-bundle/1", BUNDLE_FORMAT):
         raise ValueError(f"{js}: unknown bundle format {fmt!r} (this osma reads osma-bundle/1 and {BUNDLE_FORMAT})")
+    _expect(js, "method", isinstance(doc["method"], str), "a method name (string)", doc["method"])
+    classes = doc["classes"]
+    _expect(js, "classes", isinstance(classes, list) and len(classes) >= 2, "a list of at least 2 source names", classes)
+    for c in classes:
+        check_source_name(c, f"{js}: key 'classes': ")
+    _expect(js, "classes", len(set(classes)) == len(classes), "distinct names", classes)
+    n = doc.get("n_trained", len(classes))
+    _expect(js, "n_trained", isinstance(n, int) and not isinstance(n, bool) and 2 <= n <= len(classes),
+            f"an integer from 2 to {len(classes)}", n)
+    tau = doc.get("tau")
+    _expect(js, "tau", tau is None or (isinstance(tau, (int, float)) and not isinstance(tau, bool)
+                                       and not math.isnan(tau)), "null or a number (not NaN)", tau)
+    enrolled = doc.get("enrolled") or {}
+    _expect(js, "enrolled", isinstance(enrolled, dict) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in enrolled.values()),
+        "an object of source name -> number of images", enrolled)
+    _expect(js, "enrolled", set(enrolled) <= set(classes[n:]) if fmt == BUNDLE_FORMAT else set(enrolled) <= set(classes),
+            "names of enrolled sources listed in 'classes' after the trained ones", sorted(enrolled))
+    for key in (("preprocess", "options", "training", "score") if fmt == BUNDLE_FORMAT else ("config",)):
+        v = doc.get(key)
+        _expect(js, key, v is None or isinstance(v, dict), "an object", v)
+    sc = doc.get("score") or {}
+    _expect(js, "score.name", sc.get("name") is None or isinstance(sc.get("name"), str), "a score name", sc.get("name"))
     return doc
+
+
+def read_bundle_tensors(d: Path) -> dict[str, torch.Tensor]:
+    """Read ``model.safetensors`` (never pickle); a file that is not safetensors, or a
+    tensor with NaN or infinite values, is a ``ValueError`` naming the file and tensor."""
+    st = Path(d) / "model.safetensors"
+    if st.stat().st_size > MAX_BUNDLE_TENSOR_BYTES:
+        raise ValueError(f"{st}: {st.stat().st_size} bytes, more than osma loads ({MAX_BUNDLE_TENSOR_BYTES})")
+    try:
+        tensors = load_file(str(st))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for every kind of damage
+        raise ValueError(f"{st}: not a readable safetensors file ({str(exc)[:200] or type(exc).__name__})") from None
+    for k, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{st}: tensor {k!r} has NaN or infinite values")
+    return tensors
 
 
 __all__ = ["BUNDLE_FORMAT", "NetworkMethod", "NetworkOptions", "Preprocess", "TrainingRecord", "read_bundle_json"]
