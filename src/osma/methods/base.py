@@ -15,6 +15,7 @@ Bundles on disk are a directory with ``model.safetensors`` (tensors only) and
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+
 import numpy as np
 
 from osma.scores.base import Prediction
@@ -40,7 +41,7 @@ class Attributor(ABC):
 
     @abstractmethod
     def embed_arrays(self, images: list[np.ndarray]) -> np.ndarray:
-        """Embed decoded uint8 HxWx3 images (centre-cropped / resized as in training)."""
+        """Embed decoded uint8 HxWx3 images (the evaluation patch: optional resize, centre crop)."""
 
     @abstractmethod
     def predict_embeddings(self, emb: np.ndarray) -> Prediction:
