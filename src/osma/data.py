@@ -16,6 +16,7 @@ concatenation seed + arch + dataset in ``*_test_out.txt``.
 from __future__ import annotations
 
 import os
+import stat
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,8 +38,24 @@ SPLIT_KEYS: tuple[str, ...] = (
     "train_collection", "val_collection", "test_data_path", "out_data_path",
 )
 
+#: keys of a split that name files or folders
+_PATH_KEYS: tuple[str, ...] = ("data_path", "train_collection", "val_collection", "test_data_path", "out_data_path")
+
 #: how many offending paths / lines a problem message quotes
 _FIRST = 5
+
+#: largest ``data_list.yaml`` read (bytes); the public one is 8 KB, and PyYAML needs
+#: seconds and ~100x the file size in memory per MiB
+MAX_DATA_LIST_BYTES = 1 << 20
+#: longest path (bytes, UTF-8) accepted in a ``data_list.yaml`` key or a list line (PATH_MAX)
+MAX_PATH_BYTES = 4096
+#: longest path component (bytes, UTF-8; NAME_MAX)
+MAX_NAME_BYTES = 255
+
+_BOM = "\ufeff"
+#: whitespace ignored at line ends and around a path (ASCII only: a no-break space at the
+#: end of a label is an error, not padding)
+_WS = " \t\r\v\f"
 
 
 class DataFormatError(ValueError):
@@ -140,10 +157,17 @@ class _Sink:
 def _read_list(path: Path, classes: Sequence[str], sink: _Sink) -> list[tuple[str, str]]:
     """Parse a ``path<TAB>label`` file into (relative path, class name) pairs.
 
-    Blank lines are skipped (the public split1 train list has one); malformed lines, labels
-    outside ``classes`` and duplicate paths are reported with their line numbers.
+    Lines are numbered by ``\\n`` (as editors and ``grep -n`` count them); blank lines are
+    skipped (the public split1 train list has one), line-end whitespace (``\\r``) is ignored.
+    A label is ASCII digits only. A UTF-8 byte order mark, a NUL or U+FEFF in a path, an
+    over-long path, malformed lines, labels outside ``classes`` and duplicate paths are
+    reported with their line numbers.
     """
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        sink.add("malformed", f"{path}: cannot read: {err.strerror or err}")
+        return []
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -154,17 +178,35 @@ def _read_list(path: Path, classes: Sequence[str], sink: _Sink) -> list[tuple[st
     pairs: list[tuple[str, str]] = []
     seen: dict[str, int] = {}
     bad: dict[str, list[str]] = {"malformed": [], "label": [], "duplicate": []}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
+    if text.startswith(_BOM):
+        # reported, not silently stripped: POSE's reader (and any tool that does not expect
+        # one) takes it as part of the first path, so the file means different things to
+        # different readers. Lenient check goes on reading the rest.
+        bad["malformed"].append(f"{path}:1: starts with a UTF-8 byte order mark (U+FEFF); save the list without it")
+        text = text[1:]
+    for lineno, line in enumerate(text.split("\n"), 1):
+        line = line.strip(_WS)
         if not line:
             continue
         parts = line.split("\t")
-        if len(parts) != 2 or not parts[0].strip() or not parts[1].strip().lstrip("-").isdigit():
-            bad["malformed"].append(f"{path}:{lineno}: expected 'path<TAB>integer label', got {line[:120]!r}")
+        if "\r" in line:  # a line break to universal-newline readers (POSE's): never inside a line
+            bad["malformed"].append(f"{path}:{lineno}: carriage return inside the line: {_clip(line)!r}")
             continue
-        rel, lab = parts[0].strip(), int(parts[1])
+        if len(parts) != 2 or not parts[0].strip(_WS):
+            bad["malformed"].append(f"{path}:{lineno}: expected 'path<TAB>integer label', got {_clip(line)!r}")
+            continue
+        rel, label = parts[0].strip(_WS), parts[1]
+        if not (label.isascii() and label.isdigit()):  # = [0-9]+, faster than a regex
+            bad["malformed"].append(f"{path}:{lineno}: expected 'path<TAB>integer label', got {_clip(line)!r} "
+                                    "(a label is a class index: ASCII digits 0-9 only)")
+            continue
+        why = _path_problem(rel)
+        if why:
+            bad["malformed"].append(f"{path}:{lineno}: the path {why}: {_clip(rel)!r}")
+            continue
+        lab = int(label) if len(label) <= 18 else n  # int() refuses > 4300 digits
         if not 0 <= lab < n:
-            bad["label"].append(f"{path}:{lineno}: label {lab} out of range 0..{n - 1}")
+            bad["label"].append(f"{path}:{lineno}: label {_clip(label, 24)} out of range 0..{n - 1}")
             continue
         if rel in seen:
             bad["duplicate"].append(f"{path}:{lineno}: duplicate of line {seen[rel]}: {rel}")
@@ -176,6 +218,48 @@ def _read_list(path: Path, classes: Sequence[str], sink: _Sink) -> list[tuple[st
             more = f" (and {len(msgs) - _FIRST} more such lines)" if len(msgs) > _FIRST else ""
             sink.add(kind, "\n".join(msgs[:_FIRST]) + more)
     return pairs
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters (with ``...``) for a message."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _path_problem(path: str) -> str | None:
+    """Why ``path`` (relative or absolute, as written) cannot name a file, or None.
+
+    A NUL (no file name can hold one), a U+FEFF (a byte order mark left by concatenating
+    files), more than :data:`MAX_PATH_BYTES` bytes, or a component over :data:`MAX_NAME_BYTES`.
+    """
+    if "\x00" in path:
+        return "contains a NUL character"
+    if len(path) <= MAX_NAME_BYTES and path.isascii():  # fast path: the usual case
+        return None
+    if _BOM in path:
+        return "contains U+FEFF (a byte order mark, e.g. from concatenated files)"
+    size = len(path.encode("utf-8", "surrogatepass"))
+    if size > MAX_PATH_BYTES:
+        return f"is {size} bytes long (at most {MAX_PATH_BYTES})"
+    longest = max(len(c.encode("utf-8", "surrogatepass")) for c in path.split("/"))
+    if longest > MAX_NAME_BYTES:
+        return f"has a component of {longest} bytes (at most {MAX_NAME_BYTES})"
+    return None
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False for names the OS refuses (too long, NUL, ...)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    """``path.is_dir()``, False for names the OS refuses (too long, NUL, ...)."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 def _samples(root: str, pairs: Sequence[tuple[str, str]]) -> list[Sample]:
@@ -208,21 +292,74 @@ def _group_file(out_data_path: str, group: str) -> str:
     return os.path.join(head, f"{stem}_{group}{ext}") if head else f"{stem}_{group}{ext}"
 
 
-def _read_yaml(data_list: Path) -> tuple[dict, dict[str, int]]:
-    """The parsed document and the line of each top-level key (for error messages)."""
+def _read_text(data_list: Path) -> str:
+    """The text of a ``data_list.yaml``: a regular file of at most :data:`MAX_DATA_LIST_BYTES`, UTF-8."""
     try:
-        text = data_list.read_text(encoding="utf-8")
-        doc = yaml.safe_load(text)
-        node = yaml.compose(text)
+        st = data_list.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise DataFormatError(f"{data_list}: not a regular file")
+        if st.st_size > MAX_DATA_LIST_BYTES:
+            raise DataFormatError(f"{data_list}: {st.st_size} bytes; a data_list.yaml may have at most "
+                                  f"{MAX_DATA_LIST_BYTES}")
+        with open(data_list, "rb") as fh:
+            raw = fh.read(MAX_DATA_LIST_BYTES + 1)
+    except OSError as err:
+        raise DataFormatError(f"{data_list}: cannot read: {err.strerror or err}") from None
+    if len(raw) > MAX_DATA_LIST_BYTES:  # grew since the stat
+        raise DataFormatError(f"{data_list}: more than {MAX_DATA_LIST_BYTES} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise DataFormatError(f"{data_list}:{line}: not valid UTF-8") from None
+
+
+def _read_yaml(data_list: Path) -> tuple[dict, dict[str, int]]:
+    """The parsed document and the line of each split and ``split.key`` (for error messages).
+
+    Every failure (syntax, forbidden characters such as NUL or BEL, nesting too deep for the
+    parser, values PyYAML cannot build) is a :class:`DataFormatError` naming the file, and the
+    line where PyYAML knows it.
+    """
+    text = _read_text(data_list)
+    loader = None
+    try:
+        loader = yaml.SafeLoader(text)  # checks the characters at once
+        node = loader.get_single_node()
+        doc = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise DataFormatError(f"{data_list}{line}: invalid YAML: {err.problem or err}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataFormatError(f"{data_list}: cannot read: {err}") from None
+        what = f"{err.context}: {err.problem}" if err.context and err.problem else (err.problem or err)
+        raise DataFormatError(f"{data_list}{line}: invalid YAML: {what}") from None
+    except yaml.reader.ReaderError as err:  # a character YAML forbids (NUL, BEL, ...)
+        line = text.count("\n", 0, err.position) + 1
+        code = err.character if isinstance(err.character, int) else ord(err.character)
+        raise DataFormatError(f"{data_list}:{line}: invalid YAML: character {code:#06x} is not allowed "
+                              "in YAML (control characters such as NUL or BEL)") from None
+    except yaml.YAMLError as err:
+        raise DataFormatError(f"{data_list}: invalid YAML: {err}") from None
+    except RecursionError:
+        raise DataFormatError(f"{data_list}: invalid YAML: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as err:  # e.g. an integer of 100,000 digits
+        raise DataFormatError(f"{data_list}: invalid YAML value: {_clip(str(err))}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if not isinstance(doc, dict):
         raise DataFormatError(f"{data_list}:1: expected a mapping of split names to split descriptions")
-    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if isinstance(node, yaml.MappingNode) else {}
+    lines: dict[str, int] = {}
+    for k, v in node.value if isinstance(node, yaml.MappingNode) else []:
+        if not isinstance(k, yaml.ScalarNode) or k.tag == "tag:yaml.org,2002:merge":
+            continue
+        if k.tag != "tag:yaml.org,2002:str":
+            raise DataFormatError(f"{data_list}:{k.start_mark.line + 1}: split name {_clip(k.value, 40)!r} "
+                                  "is not a string (quote it)")
+        lines[k.value] = k.start_mark.line + 1  # a repeated key: the last one counts, as in PyYAML
+        if isinstance(v, yaml.MappingNode):
+            for k2, _ in v.value:
+                if isinstance(k2, yaml.ScalarNode):
+                    lines[f"{k.value}.{k2.value}"] = k2.start_mark.line + 1
     return doc, lines
 
 
@@ -233,19 +370,34 @@ def _class_list(value: object, where: str) -> list[str]:
 
 
 def _split_spec(doc: dict, lines: dict[str, int], data_list: Path, split: str) -> dict:
-    """Validate one split's entry: required keys, class lists, unique class names."""
+    """Validate one split's entry: required keys, paths, class lists, unique class names.
+
+    A path key must be a non-empty string naming a possible file: no NUL, at most
+    :data:`MAX_PATH_BYTES` bytes and :data:`MAX_NAME_BYTES` per component, also once
+    combined into the list paths (``DATA_PATH/COLL/annotations/COLL.txt``, ...).
+    """
     where = f"{data_list}:{lines.get(split, 1)}"
     if split not in doc:
-        raise DataFormatError(f"{data_list}: no split {split!r} (has: {', '.join(map(str, doc))})")
+        raise DataFormatError(f"{data_list}: no split {_clip(split, 60)!r} (has: {_clip(', '.join(map(str, doc)))})")
     spec = doc[split]
     if not isinstance(spec, dict):
         raise DataFormatError(f"{where}: split {split!r} is not a mapping")
     missing = [k for k in SPLIT_KEYS if k not in spec]
     if missing:
         raise DataFormatError(f"{where}: split {split!r} lacks {', '.join(missing)}")
-    for k in ("data_path", "train_collection", "val_collection", "test_data_path", "out_data_path"):
+    for k in _PATH_KEYS:
+        at = f"{data_list}:{lines.get(f'{split}.{k}', lines.get(split, 1))}"
         if not isinstance(spec[k], str) or not spec[k]:
-            raise DataFormatError(f"{where}: {split}.{k} must be a non-empty string")
+            raise DataFormatError(f"{at}: {split}.{k} must be a non-empty string")
+        why = _path_problem(spec[k])
+        if why:
+            raise DataFormatError(f"{at}: {split}.{k} {why}")
+    for name, (rel, keys) in _list_rels(spec).items():
+        why = _path_problem(rel)
+        if why:
+            at = f"{data_list}:{lines.get(f'{split}.{keys[-1]}', lines.get(split, 1))}"
+            made_of = " and ".join(f"{split}.{k}" for k in keys)
+            raise DataFormatError(f"{at}: the {name} list path made of {made_of} {why}")
     known = _class_list(spec["known_classes"], f"{where}: {split}.known_classes")
     unknown = {g: _class_list(spec[f"unknown_classes{i + 1}"], f"{where}: {split}.unknown_classes{i + 1}")
                for i, g in enumerate(UNKNOWN_GROUPS)}
@@ -264,7 +416,7 @@ def default_root(data_list: str | Path, data_path: str = "./dataset") -> Path:
     """
     here = Path(data_list).absolute().parent
     for cand in (here, here.parent):
-        if (cand / data_path).is_dir():
+        if _is_dir(cand / data_path):
             return cand
     return here
 
@@ -278,25 +430,29 @@ def _locate(rel: str, yaml_dir: Path, root: Path, data_path: str) -> tuple[Path 
     """
     p = Path(rel)
     if p.is_absolute():
-        return (p if p.is_file() else None), [p]
+        return (p if _is_file(p) else None), [p]
     prefix = os.path.normpath(data_path)
     norm = os.path.normpath(rel)
     stripped = norm[len(prefix) + 1:] if prefix != "." and norm.startswith(prefix + os.sep) else norm
     cands = list(dict.fromkeys([root / norm, yaml_dir / norm, yaml_dir / stripped, yaml_dir.parent / norm]))
-    return next((c for c in cands if c.is_file()), None), cands
+    return next((c for c in cands if _is_file(c)), None), cands
+
+
+def _list_rels(spec: dict) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Each list of a split: name -> (path as the yaml makes it, the keys it is made of)."""
+    dp, out = spec["data_path"], spec["out_data_path"]
+    return {
+        "train": (_collection_file(dp, spec["train_collection"]), ("data_path", "train_collection")),
+        "val": (_collection_file(dp, spec["val_collection"]), ("data_path", "val_collection")),
+        "test": (spec["test_data_path"], ("test_data_path",)),
+        "out": (out, ("out_data_path",)),
+        **{f"out_{g}": (_group_file(out, g), ("out_data_path",)) for g in UNKNOWN_GROUPS},
+    }
 
 
 def _list_files(spec: dict, yaml_dir: Path, root: Path) -> dict[str, tuple[Path | None, list[Path]]]:
     """Where each list of a split lies: name -> (file or None, candidates tried)."""
-    dp = spec["data_path"]
-    rels = {
-        "train": _collection_file(dp, spec["train_collection"]),
-        "val": _collection_file(dp, spec["val_collection"]),
-        "test": spec["test_data_path"],
-        "out": spec["out_data_path"],
-        **{f"out_{g}": _group_file(spec["out_data_path"], g) for g in UNKNOWN_GROUPS},
-    }
-    return {k: _locate(v, yaml_dir, root, dp) for k, v in rels.items()}
+    return {k: _locate(rel, yaml_dir, root, spec["data_path"]) for k, (rel, _) in _list_rels(spec).items()}
 
 
 def _build_split(
@@ -484,13 +640,21 @@ def validate_split(split: Split, *, check_images: bool = True, check_duplicates:
     """Problems of a loaded split: empty classes, duplicate paths, paths in two lists, missing images.
 
     A known class must have images in train and test (and in val, when val is not empty);
-    an unknown class must have unknown test images. ``check_duplicates=False`` when the
-    lists were parsed from files (the parser already reported duplicates with line numbers).
+    an unknown class must have unknown test images. A train, val or test list read from a
+    file (``split.files``) must not be empty: that is one problem naming the file (val
+    included: only a folder split may have no val, by its ``val_fraction``).
+    ``check_duplicates=False`` when the lists were parsed from files (the parser already
+    reported duplicates with line numbers).
     """
     problems: list[Problem] = []
     lists = split.lists()
+    empty = [k for k in ("train", "val", "test") if not lists[k] and k in split.files]
+    for key in empty:
+        problems.append(Problem("empty_class", f"{split.files[key]}: the {split.name} {key} list has no entries"))
     lacking: dict[str, list[str]] = {}  # class -> lists where it has no image
     for key in ("train", "val", "test") if split.val else ("train", "test"):
+        if key in empty:  # reported above, once, rather than once per class
+            continue
         have = Counter(s.label for s in lists[key])
         for c in split.known_classes:
             if not have[c]:
@@ -603,7 +767,7 @@ def check(
     not named in ``unknown``; ``split`` must be None.
     """
     path = Path(path)
-    if path.is_dir():
+    if _is_dir(path):
         if split is not None:
             raise ValueError("--split applies to a data_list.yaml, not to a folder")
         unknown = {g: list(v) for g, v in (unknown or {}).items()}
@@ -617,7 +781,9 @@ def check(
             return rep
         rep.splits.append(_report(sp, validate_split(sp, check_images=check_images)))
         return rep
-    if not path.is_file():
+    if not _is_file(path):
+        if os.path.lexists(path):  # a FIFO, a device, a dangling link: never opened
+            raise FileNotFoundError(f"{path}: not a regular file or directory")
         raise FileNotFoundError(f"{path}: no such file or directory")
     doc, lines = _read_yaml(path)
     rep = CheckReport(path, [], images_checked=check_images)

@@ -1,6 +1,7 @@
 """CLI commands: ``osma data check`` validates a benchmark (data_list.yaml or folder tree)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -33,20 +34,24 @@ def check_cmd(
     """
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from osma.data import LIST_COLUMNS, DataFormatError, check
 
-    console = Console(highlight=False)
+    # no markup: split, class and file names come from the data and may hold "[/x]"
+    console = Console(highlight=False, markup=False)
     unknown = {g: _names(v) for g, v in (("seed", unknown_seed), ("arch", unknown_arch), ("dataset", unknown_dataset))}
     unknown = {g: v for g, v in unknown.items() if v}
-    if not path.is_dir() and (known or unknown):
+    if not os.path.isdir(path) and (known or unknown):  # isdir: False, not OSError, for a 100 KB name
         raise typer.BadParameter("--known / --unknown-* apply to a folder, not to a data_list.yaml")
     try:
         report = check(path, split, root, check_images=not no_images, known=_names(known) or None, unknown=unknown,
                        val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    except (FileNotFoundError, ValueError) as err:
-        console.print(f"[red]error[/red]: {err}", soft_wrap=True)
-        # a malformed data_list.yaml is a data problem (1); a bad path or option is usage (2)
+    except (OSError, ValueError) as err:
+        # Text, not markup: a message may quote '[' from the yaml or a path
+        console.print(Text.assemble(("error", "red"), f": {err}"), soft_wrap=True)
+        # a malformed data_list.yaml is a data problem (1); a bad path, an unreadable file or
+        # a bad option is usage (2)
         raise typer.Exit(1 if isinstance(err, DataFormatError) else 2) from None
 
     for sr in report.splits:
@@ -78,11 +83,11 @@ def check_cmd(
         console.print("image files not checked (--no-images)")
     problems = report.all_problems
     if problems:
-        console.print(f"\n[red]{len(problems)} problem(s):[/red]")
+        console.print(f"\n{len(problems)} problem(s):", style="red")
         for p in problems:
-            console.print(f"- [{p.kind}] {p.message}", markup=False, soft_wrap=True)
+            console.print(f"- [{p.kind}] {p.message}", soft_wrap=True)
         raise typer.Exit(1)
-    console.print("\n[green]OK[/green]: no problems found")
+    console.print(Text.assemble("\n", ("OK", "green"), ": no problems found"))
 
 
 def register(app: typer.Typer) -> None:
