@@ -1,71 +1,350 @@
 """The HTTP service: FastAPI on uvicorn around one loaded :class:`~osma.attribution.Model`.
 
-Endpoints: ``POST /v1/attribute`` (repeatable multipart field ``files``), ``GET /v1/sources``,
-``GET /healthz``, OpenAPI docs at ``/docs``. Errors: 413 request or image too large,
-415 not an image, 422 corrupt image or no files. The model is loaded once and shared;
-predictions run under a lock (torch modules are not re-entrant across threads for
-in-place state such as BatchNorm buffers, and one model at a time keeps memory bounded).
+Endpoints: ``POST /v1/attribute`` (repeatable multipart field ``files``; query ``tau``, a
+number or ``inf``/``-inf``, never NaN), ``GET /v1/sources``, ``GET /healthz``, OpenAPI docs
+at ``/docs``. Errors: 408 request not received in time, 413 request or image too large,
+415 not an image (not an allowed format, e.g. EPS whatever its name), 422 corrupt or
+truncated image, no files, or a bad ``tau``; 503 too many open connections. The model is
+loaded once and shared; predictions run under a lock (torch modules are not re-entrant
+across threads for in-place state such as BatchNorm buffers, and one model at a time keeps
+memory bounded).
+
+Limits against slow, oversized and concurrent clients (:func:`serve`, ``osma serve``):
+
+* ``read_timeout`` (``--read-timeout``, default 30 s) bounds the time to *receive* a
+  request, counted from its first byte (or from the connection's opening): the headers must
+  be complete within ``read_timeout``, the body within ``read_timeout`` after the headers.
+  Uploads must therefore arrive at ``max_upload_mb / read_timeout`` or faster (0.67 MB/s
+  for the defaults). The time to compute the answer is not limited. uvicorn has no such
+  timeout (``timeout_keep_alive`` only covers the idle time *between* requests and is
+  reset by every byte received, and ``h11_max_incomplete_event_size`` bounds the header
+  *size*, not its time), so it is done in two places:
+
+  - headers: :class:`GuardedH11Protocol` (the server always runs uvicorn's h11
+    implementation, never httptools), uvicorn's h11 protocol with a deadline armed when
+    a connection opens or a new request's first byte arrives, disarmed once the request is
+    received completely. A request whose headers are not complete in time is answered
+    ``408`` (written directly, the connection then closed). After the headers the same
+    deadline is re-armed at ``read_timeout + 2 s`` as a backstop for bodies that the
+    application does not read (connection closed);
+  - body: :class:`RequestGuard`, an ASGI middleware that wraps ``receive`` with
+    :func:`asyncio.wait_for` against the request's deadline and answers ``408`` (with
+    ``Connection: close``) when the body is not complete in time.
+
+* ``max_connections`` (``--max-connections``, default 64) bounds the open connections: a
+  connection opened beyond it is answered ``503`` and closed at once, and uvicorn's
+  ``limit_concurrency`` is set to ``max_connections + 1`` so that requests whose client has
+  gone away while their work still runs also count (beyond it: ``503``). With the read
+  timeout, a slow client holds one of these slots for at most ``read_timeout`` (+2 s).
+  Idle keep-alive connections are closed after ``min(5, read_timeout)`` s.
+
+* ``max_upload_mb`` (``--max-upload-mb``, default 20): a request whose ``Content-Length``
+  exceeds it (plus 64 KiB of multipart framing) is answered ``413`` from its headers;
+  a body without ``Content-Length`` (chunked) is counted as it arrives in
+  :class:`RequestGuard` and answered ``413`` (``Connection: close``) as soon as it
+  exceeds the same limit, without reading the rest. Headers are bounded by h11's 16 KiB.
+
+* ``max_concurrent_decodes`` (``--max-concurrent-decodes``, default 2) bounds how many
+  requests decode and predict at once (a semaphore; the others wait, holding only their
+  received upload). Within a request, files are read, checked (header only) and decoded one
+  at a time, and the decoded arrays are handed to the model in groups whenever they
+  reach ``3 * max_pixels`` bytes (one largest image) or 64 images, so a request of many
+  small-but-huge images never holds them all (results are the same up to floating-point
+  rounding of the batch). Peak memory of the server, beyond the loaded model and one model
+  batch (at most 64 images, after the model's crop), is bounded by::
+
+      (max_connections + 1) * U                              received uploads
+      + max_connections * 128 KiB                            uvicorn's per-connection buffers
+      + max_concurrent_decodes * (D(max_pixels) + 6 * max_pixels)    decoding
+
+  where ``U = max_upload_mb`` MB (Starlette keeps each uploaded file in memory up to 1 MB
+  and spools the rest to a temporary file, so U is the worst case of many small files;
+  ``max_connections + 1`` requests can be in the application at once, counting those whose
+  client has gone), ``D(p)`` is the peak memory of decoding one image of ``p`` pixels,
+  output included (the per-image bound of :func:`osma.images.decode.load_image`), and
+  ``6 * max_pixels`` bytes are the decoded arrays of one group (below ``3 * max_pixels``
+  plus one image of at most ``3 * max_pixels``). Measured D for the worst case named in
+  issue 12, a 16-bit RGB PNG of 4096 x 4096 (the default ``max_pixels``): 1.37 GB (86 bytes
+  per pixel) with the decoder before the issue, 0.24 GB (15 bytes per pixel) with the
+  bounded one (issue 12, item 2). For the defaults this gives 65 x 20 MB + 64 x 128 KiB + 2 x (D + 100 MB):
+  about 1.3 GB for uploads (worst case) and 2 x 0.34 GB = 0.7 GB for decoding (2.9 GB
+  with the old decoder), i.e. about 2 GB in all. Four 16-bit 4096 x 4096 uploads at
+  once cost two decodes at a time, not four.
 """
 from __future__ import annotations
 
+import asyncio
 import io
+import math
 import threading
 import warnings
 from typing import Any, Optional
 
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi.responses import JSONResponse
+import numpy as np
+from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from osma import __version__
 from osma.attribution import Model
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_PIXELS = 4096 * 4096
+DEFAULT_READ_TIMEOUT = 30.0
+DEFAULT_MAX_CONNECTIONS = 64
+DEFAULT_MAX_CONCURRENT_DECODES = 2
+
+#: multipart framing allowed on top of ``max_upload_mb`` before a request is refused
+FRAMING_SLACK = 64 * 1024
+#: the transport-level backstop fires this long after the application's body deadline
+BACKSTOP_GRACE = 2.0
+#: decoded arrays are handed to the model in groups of at most this many images
+GROUP_IMAGES = 64
+
+
+def _decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
+    """Decode one uploaded file (the server calls this, one request's files one at a time)."""
+    from osma.images.decode import load_image
+
+    return load_image(data, max_pixels=max_pixels)
 
 
 def _check_image(name: str, data: bytes, max_pixels: int) -> None:
-    """Raise 415 for non-images and 413 for images over ``max_pixels`` (header only, no decode)."""
+    """Raise 415 for non-images and disallowed formats, 413 for images over ``max_pixels`` (header only)."""
     from PIL import Image, UnidentifiedImageError
 
+    from osma.images.decode import ALLOWED_FORMATS
+
+    Image.init()  # register every plugin so that ``formats=`` can name them
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
                 w, h = im.size
     except Image.DecompressionBombError as exc:
         raise HTTPException(413, f"{name}: {exc}") from None
     except UnidentifiedImageError:
-        raise HTTPException(415, f"{name}: not a supported image file") from None
+        raise HTTPException(
+            415, f"{name}: not a supported image file (allowed formats: {', '.join(ALLOWED_FORMATS)})"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - a header Pillow recognises but cannot parse
         raise HTTPException(422, f"{name}: corrupt image ({exc})") from None
     if w * h > max_pixels:
         raise HTTPException(413, f"{name}: image has {w}x{h} pixels, over the limit of {max_pixels}")
 
 
-def create_app(
-    model: Model, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> FastAPI:
-    """Build the FastAPI application serving ``model``."""
-    import osma.images  # noqa: F401 - import (torch) now, not in the first request
-    from osma.attribution import decode
+def _check_tau(tau: Optional[float]) -> None:
+    if tau is not None and math.isnan(tau):
+        raise HTTPException(422, "tau must be a number, inf or -inf, not NaN")
 
+
+# --- request guard (ASGI middleware): body deadline and byte count -----------------------
+class _Refused(HTTPException):
+    """408/413 raised from inside ``receive``: FastAPI re-raises HTTPExceptions from body parsing."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(status, detail, headers={"Connection": "close"})
+
+
+class RequestGuard:
+    """ASGI middleware: refuse bodies over ``max_bytes`` (header or count) and bodies not received in time."""
+
+    def __init__(self, app: Any, max_bytes: int, read_timeout: float, limit_text: str) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.read_timeout = read_timeout
+        self.limit_text = limit_text
+
+    async def _answer(self, send: Any, exc: HTTPException) -> None:
+        import json
+
+        body = json.dumps({"detail": exc.detail}).encode()
+        await send({"type": "http.response.start", "status": exc.status_code, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes + FRAMING_SLACK
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            await self._answer(send, _Refused(
+                413, f"request of {int(length)} bytes is over the limit of {self.limit_text} MB"))
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.read_timeout
+        received = 0
+        complete = False
+        started = False
+
+        async def guarded_receive() -> dict:
+            nonlocal received, complete
+            if complete:  # body done: waiting for a disconnect is not bounded here
+                return await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+            except asyncio.TimeoutError:
+                raise _Refused(408, f"request body not received within {self.read_timeout:g} s") from None
+            if msg["type"] == "http.request":
+                received += len(msg.get("body", b""))
+                if received > limit:
+                    raise _Refused(413, f"request body over the limit of {self.limit_text} MB "
+                                        f"(stopped reading at {received} bytes)")
+                complete = not msg.get("more_body", False)
+            else:
+                complete = True
+            return msg
+
+        async def tracking_send(msg: dict) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, guarded_receive, tracking_send)
+        except _Refused as exc:  # raised where nothing turned it into a response
+            if started:
+                raise
+            await self._answer(send, exc)
+
+
+# --- connection guard (uvicorn protocol): header deadline, connection count --------------
+def _raw_response(status: int, reason: str, text: str) -> bytes:
+    body = text.encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n").encode() + body
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a request-receipt deadline and a bound on open connections.
+
+    Configure with :func:`guarded_protocol` (class attributes ``read_timeout`` and
+    ``max_connections``).
+    """
+
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: Optional[asyncio.TimerHandle] = None
+        self._in_body = False
+
+    def _arm(self, delay: float) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(delay, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def connection_made(self, transport: Any) -> None:  # noqa: D102
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            self.connections.discard(self)
+            transport.write(_raw_response(503, "Service Unavailable",
+                                          f"too many open connections (limit {self.max_connections})"))
+            transport.close()
+            return
+        self._arm(self.read_timeout)
+
+    def data_received(self, data: bytes) -> None:  # noqa: D102
+        import h11
+
+        if self._deadline is None and self.conn.their_state is h11.IDLE:
+            self._in_body = False
+            self._arm(self.read_timeout)  # a new request on a kept-alive connection
+        super().data_received(data)
+        self._update()
+
+    def _update(self) -> None:
+        import h11
+
+        state = self.conn.their_state
+        if state is h11.SEND_BODY and not self._in_body:
+            self._in_body = True  # headers complete: the middleware bounds the body; this is the backstop
+            self._arm(self.read_timeout + BACKSTOP_GRACE)
+        elif state not in (h11.IDLE, h11.SEND_BODY):
+            self._disarm()  # request received (DONE), or the connection is closing
+            self._in_body = False
+
+    def on_response_complete(self) -> None:  # noqa: D102
+        super().on_response_complete()
+        self._update()
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:  # noqa: D102
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _expired(self) -> None:
+        import h11
+
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        headers_done = self.conn.their_state is not h11.IDLE
+        if not headers_done or (self.cycle is not None and not self.cycle.response_started):
+            what = "request body" if headers_done else "request headers"
+            self.transport.write(_raw_response(408, "Request Timeout",
+                                               f"{what} not received within {self.read_timeout:g} s"))
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True  # the application's later send() is dropped
+        self.transport.close()
+
+
+def guarded_protocol(read_timeout: float = DEFAULT_READ_TIMEOUT,
+                     max_connections: int = DEFAULT_MAX_CONNECTIONS) -> type:
+    """A :class:`GuardedH11Protocol` subclass with these limits (for ``uvicorn.Config(http=...)``)."""
+    if not (read_timeout > 0 and math.isfinite(read_timeout)):
+        raise ValueError(f"read_timeout must be a positive number of seconds, got {read_timeout}")
+    if max_connections < 1:
+        raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+    return type("OsmaH11Protocol", (GuardedH11Protocol,),
+                {"read_timeout": float(read_timeout), "max_connections": int(max_connections)})
+
+
+def server_config(app: Any, host: str = "127.0.0.1", port: int = 8000,
+                  read_timeout: float = DEFAULT_READ_TIMEOUT,
+                  max_connections: int = DEFAULT_MAX_CONNECTIONS, log_level: str = "info") -> Any:
+    """The ``uvicorn.Config`` that :func:`serve` runs: guarded protocol, connection and idle limits."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app, host=host, port=port, log_level=log_level,
+        http=guarded_protocol(read_timeout, max_connections),
+        limit_concurrency=max_connections + 1,
+        timeout_keep_alive=min(5.0, read_timeout),  # type: ignore[arg-type] - used with call_later
+    )
+
+
+def create_app(
+    model: Model,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    max_concurrent_decodes: int = DEFAULT_MAX_CONCURRENT_DECODES,
+) -> FastAPI:
+    """Build the FastAPI application serving ``model`` (limits: see the module docstring)."""
+    import osma.images  # noqa: F401 - import (torch) now, not in the first request
+
+    if max_concurrent_decodes < 1:
+        raise ValueError(f"max_concurrent_decodes must be >= 1, got {max_concurrent_decodes}")
+    if not (read_timeout > 0 and math.isfinite(read_timeout)):
+        raise ValueError(f"read_timeout must be a positive number of seconds, got {read_timeout}")
     app = FastAPI(
         title="osma",
         version=__version__,
         description="Open-set model attribution: which model made this image?",
     )
     lock = threading.Lock()
+    slots = threading.BoundedSemaphore(max_concurrent_decodes)
     max_bytes = int(max_upload_mb * 1024 * 1024)
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202
-        # refuse oversized bodies from their header, before the multipart form is parsed
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > max_bytes + 64 * 1024:  # slack for multipart framing
-            return JSONResponse(
-                {"detail": f"request of {int(length)} bytes is over the limit of {max_upload_mb} MB"}, status_code=413
-            )
-        return await call_next(request)
+    group_bytes = 3 * max_pixels
+    app.add_middleware(RequestGuard, max_bytes=max_bytes, read_timeout=read_timeout, limit_text=f"{max_upload_mb:g}")
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -80,32 +359,49 @@ def create_app(
     @app.post("/v1/attribute")
     def attribute(
         files: list[UploadFile] = File(...),  # noqa: B008
-        tau: Optional[float] = Query(None, description="Threshold; default: the model's calibrated tau."),  # noqa: B008
+        tau: Optional[float] = Query(  # noqa: B008
+            None, description="Threshold (a number, inf or -inf); default: the model's calibrated tau."),
     ) -> dict[str, Any]:
         """Attribute one or more uploaded images (multipart field ``files``, repeatable)."""
+        _check_tau(tau)
         if not files:
             raise HTTPException(422, "no files: send images as the multipart field 'files'")
-        total = 0
-        arrays = []
-        names = []
-        for f in files:
-            name = f.filename or "upload"
-            data = f.file.read(max_bytes + 1 - total)
-            total += len(data)
-            if total > max_bytes:
-                raise HTTPException(413, f"upload is over the limit of {max_upload_mb} MB (at {name})")
-            if not data:
-                raise HTTPException(422, f"{name}: empty file")
-            _check_image(name, data, max_pixels)
-            try:
-                arrays.append(decode(data))
-            except Exception as exc:  # noqa: BLE001 - any decoding failure of an upload is a 422
-                raise HTTPException(422, f"{name}: corrupt image ({exc})") from None
-            names.append(name)
-        with lock:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # uncalibrated: accept all (documented)
-                results = model.attribute(arrays, tau=tau)
+        results = []
+        names: list[str] = []
+        group: list[np.ndarray] = []
+        held = 0
+
+        def flush() -> None:
+            nonlocal group, held
+            with lock:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # uncalibrated: accept all (documented)
+                    results.extend(model.attribute(group, tau=tau))
+            group, held = [], 0
+
+        with slots:  # at most max_concurrent_decodes requests decode and predict at once
+            total = 0
+            for f in files:
+                name = f.filename or "upload"
+                data = f.file.read(max_bytes + 1 - total)
+                total += len(data)
+                if total > max_bytes:
+                    raise HTTPException(413, f"upload is over the limit of {max_upload_mb:g} MB (at {name})")
+                if not data:
+                    raise HTTPException(422, f"{name}: empty file")
+                _check_image(name, data, max_pixels)
+                try:
+                    arr = _decode_upload(data, max_pixels)
+                except Exception as exc:  # noqa: BLE001 - any decoding failure of an upload is a 422
+                    raise HTTPException(422, f"{name}: corrupt image ({exc})") from None
+                del data
+                names.append(name)
+                group.append(arr)
+                held += arr.nbytes
+                if held >= group_bytes or len(group) >= GROUP_IMAGES:
+                    flush()
+            if group:
+                flush()
         out = []
         for name, r in zip(names, results):
             r.path = name
@@ -115,8 +411,16 @@ def create_app(
     return app
 
 
-def serve(model: Model, host: str = "127.0.0.1", port: int = 8000, **limits: Any) -> None:
-    """Run the service with uvicorn (blocking)."""
+def serve(
+    model: Model,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    **limits: Any,
+) -> None:
+    """Run the service with uvicorn (blocking). ``limits`` go to :func:`create_app`."""
     import uvicorn
 
-    uvicorn.run(create_app(model, **limits), host=host, port=port, log_level="info")
+    app = create_app(model, read_timeout=read_timeout, **limits)
+    uvicorn.Server(server_config(app, host, port, read_timeout, max_connections)).run()

@@ -405,13 +405,22 @@ def serve(
     port: int = typer.Option(8000, "--port"),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest request body (all files together)."),
     max_pixels: int = typer.Option(4096 * 4096, "--max-pixels", help="Largest image (width x height)."),
+    read_timeout: float = typer.Option(
+        30.0, "--read-timeout", min=0.001,
+        help="Seconds to receive a request's headers, and again its body; a slower client gets 408 or is cut off."),
+    max_connections: int = typer.Option(
+        64, "--max-connections", min=1, help="Open connections at most; more are answered 503 and closed."),
+    max_concurrent_decodes: int = typer.Option(
+        2, "--max-concurrent-decodes", min=1,
+        help="Requests decoding and predicting at once (bounds decode memory); the others wait."),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Serve the model over HTTP (POST /v1/attribute, GET /v1/sources, GET /healthz, /docs)."""
     from osma.server import serve as _serve
 
     m = _load_model(model, device)
-    _serve(m, host=host, port=port, max_upload_mb=max_upload_mb, max_pixels=max_pixels)
+    _serve(m, host=host, port=port, max_upload_mb=max_upload_mb, max_pixels=max_pixels, read_timeout=read_timeout,
+           max_connections=max_connections, max_concurrent_decodes=max_concurrent_decodes)
 
 
 def register(app: typer.Typer) -> None:
