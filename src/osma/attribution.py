@@ -360,16 +360,75 @@ def embed_batches(attributor, items: Sequence[ImageInput], batch_size: int,  # n
         yield [start + i for i in ok], emb, {start + i: e for i, e in errs.items()}
 
 
-def expand_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
+#: why :func:`expand_paths` left an entry of a directory walk or glob match out (its ``skipped`` list)
+SKIPPED_EXTENSION = "not an image by extension"
+SKIPPED_DANGLING = "dangling link"
+SKIPPED_LOOP = "link loop"
+SKIPPED_SPECIAL = "special file (FIFO, socket or device)"
+SKIPPED_DIR_LINK = "link to a directory (not followed)"
+SKIPPED_UNREADABLE = "unreadable"
+
+
+def _classify(path: str) -> str | None:
+    """None for a regular file with an image extension, else why a walk leaves ``path`` out."""
+    import errno
+    import stat
+
+    try:
+        st = os.stat(path)  # follows links; never blocks, not even on a FIFO
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return SKIPPED_LOOP
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR) and os.path.islink(path):
+            return SKIPPED_DANGLING
+        return SKIPPED_UNREADABLE
+    if stat.S_ISDIR(st.st_mode):
+        return SKIPPED_DIR_LINK  # a directory the walk does not enter: a link to one
+    if not stat.S_ISREG(st.st_mode):
+        return SKIPPED_SPECIAL
+    if os.path.splitext(path)[1].lower() not in IMAGE_EXTENSIONS:
+        return SKIPPED_EXTENSION
+    return None
+
+
+def _walk(top: str, skipped: list[tuple[str, str]]) -> list[str]:
+    """Image files under ``top`` (recursively, links to directories not followed), sorted as paths."""
+    found: list[str] = []
+    errors: list[OSError] = []
+    start = len(skipped)
+    for dirpath, dirnames, filenames in os.walk(top, onerror=errors.append):
+        for d in dirnames:
+            full = os.path.join(dirpath, d)
+            if os.path.islink(full):  # os.walk lists links to directories here and does not enter them
+                skipped.append((full, SKIPPED_DIR_LINK))
+        for f in filenames:
+            full = os.path.join(dirpath, f)
+            why = _classify(full)
+            if why is None:
+                found.append(full)
+            else:
+                skipped.append((full, why))
+    skipped.extend((os.fsdecode(e.filename or top), SKIPPED_UNREADABLE) for e in errors)
+    skipped[start:] = sorted(skipped[start:], key=lambda e: Path(e[0]))
+    return [str(q) for q in sorted(map(Path, found))]
+
+
+def expand_paths(inputs: Iterable[str | os.PathLike], skipped: list[tuple[str, str]] | None = None) -> list[str]:
     """Expand files, directories (recursively, image extensions only) and globs, in order.
 
-    Explicitly named files are kept whatever their extension (so a bad one is reported);
-    names and globs that match nothing are kept too, and fail later with "not found".
+    Explicitly named files are kept whatever their extension or kind (so a bad one is
+    reported); names and globs that match nothing are kept too, and fail later with "not
+    found". Directory walks do not follow links to directories. ``skipped``, when given, is
+    extended with ``(path, reason)`` for every entry of a directory walk or glob match that
+    was left out, ``reason`` one of the ``SKIPPED_*`` strings of this module: a file with
+    another extension, a dangling link, a link loop, a special file (FIFO, socket or
+    device), a link to a directory, an unreadable entry or directory.
     """
     import glob
 
     out: list[str] = []
     seen: set[str] = set()
+    left_out: list[tuple[str, str]] = []
 
     def add(p: str) -> None:
         if p not in seen:
@@ -377,25 +436,31 @@ def expand_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
             out.append(p)
 
     for raw in inputs:
-        s = os.fspath(raw)
-        p = Path(s)
-        if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                    add(str(f))
-        elif p.exists():
+        s = os.fsdecode(raw)
+        if os.path.isdir(s):
+            for f in _walk(s, left_out):
+                add(f)
+        elif os.path.exists(s):
             add(s)
         elif glob.has_magic(s) and glob.glob(s, recursive=True):
             for m in sorted(glob.glob(s, recursive=True)):
-                mp = Path(m)
-                if mp.is_dir():
-                    for f in sorted(mp.rglob("*")):
-                        if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                            add(str(f))
-                elif mp.suffix.lower() in IMAGE_EXTENSIONS:
-                    add(m)
+                if os.path.isdir(m):
+                    for f in _walk(m, left_out):
+                        add(f)
+                else:
+                    why = _classify(m)
+                    if why is None:
+                        add(m)
+                    else:
+                        left_out.append((m, why))
         else:
             add(s)
+    if skipped is not None:
+        listed: set[str] = set()
+        for path, why in left_out:  # an entry reached twice (a directory and a glob) is counted once
+            if path not in listed:
+                listed.add(path)
+                skipped.append((path, why))
     return out
 
 

@@ -56,7 +56,9 @@ def read_done(out: Path, fmt: str) -> tuple[set[str], int, Optional[list[str]]]:
         with open(out, "r+b") as fh:
             fh.truncate(keep)
         raw = raw[:keep]
-    text = raw.decode("utf-8")
+    # file names that are not valid UTF-8 were written as their own bytes (surrogateescape) and
+    # come back as the same str; JSON lines carry them as \udcXX escapes, which json.loads maps back
+    text = raw.decode("utf-8", errors="surrogateescape")
     done: set[str] = set()
     n_err = 0
     header = None
@@ -155,7 +157,10 @@ def attribute(
     m = _load_model(model, device)
     if m.tau is None and tau is None:
         typer.echo("warning: model not calibrated (no tau): nothing is rejected as unknown; run `osma calibrate`", err=True)
-    items = expand_paths(paths)
+    skipped_entries: list[tuple[str, str]] = []
+    items = expand_paths(paths, skipped_entries)
+    if skipped_entries:
+        typer.echo(_skipped_summary(skipped_entries), err=True)
     if not items:
         typer.echo("error: no images found in the given paths", err=True)
         raise typer.Exit(2)
@@ -175,7 +180,8 @@ def attribute(
         if skipped:
             typer.echo(f"resuming: {skipped} image(s) already in {out}, {len(items)} to go", err=True)
         out.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(out, "a", encoding="utf-8", newline="")
+        # surrogateescape: a file name that is not valid UTF-8 is written as its own bytes
+        fh = open(out, "a", encoding="utf-8", errors="surrogateescape", newline="")
         if fmt == "csv" and header is None:
             header = _csv_header(m.sources)
             csv.writer(fh).writerow(header)
@@ -187,7 +193,7 @@ def attribute(
     rows: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
     n_err = 0
-    writer = csv.writer(fh if fh is not None else sys.stdout)
+    writer = csv.writer(fh if fh is not None else _Stdout())
     if fh is None and fmt == "csv":
         writer.writerow(header)
     try:
@@ -232,11 +238,53 @@ def _emit(batch: list[dict[str, Any]], fmt: str, fh, writer, header: list[str], 
         return
     for d in batch:
         if fmt == "jsonl":
-            line = json.dumps(d) + "\n"
+            line = json.dumps(d) + "\n"  # ASCII: a name that is not valid UTF-8 becomes \udcXX escapes
             (fh or sys.stdout).write(line)
         else:
             writer.writerow(_csv_row(d, header))
     (fh or sys.stdout).flush()
+
+
+class _Stdout:
+    """``sys.stdout`` for csv rows: a file name that is not valid UTF-8 (a str with surrogate
+    escapes) is written as its own bytes instead of raising ``UnicodeEncodeError``."""
+
+    def write(self, text: str) -> int:
+        out = sys.stdout
+        try:
+            return out.write(text)
+        except UnicodeEncodeError:
+            buf = getattr(out, "buffer", None)
+            if buf is None:
+                return out.write(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+            out.flush()
+            buf.write(text.encode(out.encoding or "utf-8", "surrogateescape"))
+            buf.flush()
+            return len(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+#: plural of each ``osma.attribution.SKIPPED_*`` reason, for the summary line
+_SKIPPED_PLURAL = {
+    "not an image by extension": "not images by extension",
+    "dangling link": "dangling links",
+    "link loop": "link loops",
+    "special file (FIFO, socket or device)": "special files (FIFO, socket or device)",
+    "link to a directory (not followed)": "links to directories (not followed)",
+}
+
+
+def _skipped_summary(skipped: list[tuple[str, str]]) -> str:
+    """One line counting the entries of directory walks and globs that were left out, by reason."""
+    counts: dict[str, int] = {}
+    for _, why in skipped:
+        counts[why] = counts.get(why, 0) + 1
+    parts = ", ".join(f"{k} {why if k == 1 else _SKIPPED_PLURAL.get(why, why)}"
+                      for why, k in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    n = len(skipped)
+    return f"skipped {n} entr{'y' if n == 1 else 'ies'} in directories and globs: {parts}"
 
 
 def calibrate(

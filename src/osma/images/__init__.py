@@ -25,9 +25,12 @@ if TYPE_CHECKING:  # what the lazy __getattr__ below returns, spelled out for ty
     from osma.images.decode import (
         ALLOWED_FORMATS,
         IMAGE_EXTENSIONS,
+        MAX_DECODE_BYTES,
+        MAX_FILE_BYTES,
         MAX_PIXELS,
         ImageError,
         ImageSource,
+        estimate_decode_bytes,
         load_image,
         load_images,
         to_rgb_array,
@@ -52,8 +55,8 @@ if TYPE_CHECKING:  # what the lazy __getattr__ below returns, spelled out for ty
 #: as they were reachable when this package was one module)
 _NAMES: dict[str, tuple[str, ...]] = {
     "decode": (
-        "ALLOWED_FORMATS", "IMAGE_EXTENSIONS", "ImageError", "ImageSource", "MAX_PIXELS",
-        "load_image", "load_images", "to_rgb_array",
+        "ALLOWED_FORMATS", "IMAGE_EXTENSIONS", "ImageError", "ImageSource", "MAX_DECODE_BYTES",
+        "MAX_FILE_BYTES", "MAX_PIXELS", "estimate_decode_bytes", "load_image", "load_images", "to_rgb_array",
         "_gray3", "_load_pixels", "_maybe_png16", "_merge16", "_open", "_png16_low_bytes",
         "_read_bytes", "_scale16", "_source_name",
     ),
