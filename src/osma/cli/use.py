@@ -99,6 +99,14 @@ def _fmt_from(out: Optional[Path], fmt: Optional[str]) -> str:
     return "table"
 
 
+def _shown(text: str) -> str:
+    """A file name for the terminal: bytes that are not UTF-8 (surrogate escapes) shown as
+    U+FFFD, and rich markup escaped, so that no name can break the table."""
+    from rich.markup import escape
+
+    return escape(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+
+
 def _print_table(rows: list[dict[str, Any]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -113,7 +121,7 @@ def _print_table(rows: list[dict[str, Any]], title: str) -> None:
         if base in paths:  # a single file repeated: keep full names
             base = ""
     if base:
-        title += f"\nin {base}"
+        title += f"\nin {_shown(base)}"
     any_error = any(d["error"] for d in rows)
     table = Table(title=title)
     table.add_column("path", overflow="fold", ratio=2)
@@ -125,8 +133,9 @@ def _print_table(rows: list[dict[str, Any]], title: str) -> None:
     for p, d in zip(paths, rows):
         src = d["source"] or ""
         style = "red" if d["error"] else ("yellow" if src == "unknown" else "green")
-        cells = [os.path.relpath(p, base) if base else p, f"[{style}]{src}[/]", d["nearest"] or "", _fmt(d["score"])]
-        table.add_row(*cells, *([d["error"] or ""] if any_error else []))
+        cells = [_shown(os.path.relpath(p, base) if base else p), f"[{style}]{src}[/]", d["nearest"] or "",
+                 _fmt(d["score"])]
+        table.add_row(*cells, *([_shown(d["error"] or "")] if any_error else []))
     Console().print(table)
 
 
