@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -94,6 +95,11 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "not UTF-8": (_raw("model.json", b"\xff\xfe{}"), "model.json"),
     "empty model.json": (_raw("model.json", b""), "model.json"),
     "a JSON list": (_raw("model.json", b"[1, 2]"), "model.json"),
+    "5000-digit integer": (_json(lambda doc: json.dumps(doc).replace('"tau": null', '"tau": ' + "9" * 5000)), "model.json"),
+    "preprocess option missing": (_json(lambda doc: doc["preprocess"].__delitem__("input")), "preprocess.input"),
+    "unexpected tensor": (_tensors(lambda t: t.update({"extra.weight": t["head.1.bias"].clone()})), "extra.weight"),
+    "weight of another dtype": (_tensors(lambda t: t.update({"head.1.weight": t["head.1.weight"].to(torch.int32)})),
+                                "head.1.weight"),
 }
 
 

@@ -437,6 +437,8 @@ class NetworkMethod(Attributor):
         """Restore module weights and the score's state from a flat tensor dict; missing,
         unexpected and mis-shaped tensors are one ``ValueError`` naming them."""
         problems: list[str] = []
+        prefixes = tuple(f"{k}." for k in self.modules()) + ("score.",)
+        problems += [f"unexpected tensor '{n}'" for n in tensors if not n.startswith(prefixes)]
         for k, m in self.modules().items():
             sd = {n[len(k) + 1:]: v for n, v in tensors.items() if n.startswith(k + ".")}
             own = m.state_dict()
@@ -444,6 +446,8 @@ class NetworkMethod(Attributor):
             problems += [f"unexpected tensor '{k}.{n}'" for n in sd if n not in own]
             problems += [f"tensor '{k}.{n}' has shape {tuple(sd[n].shape)}, expected {tuple(own[n].shape)}"
                          for n in own if n in sd and sd[n].shape != own[n].shape]
+            problems += [f"tensor '{k}.{n}' is {sd[n].dtype}, expected {own[n].dtype}"
+                         for n in own if n in sd and sd[n].shape == own[n].shape and sd[n].dtype != own[n].dtype]
         if problems:
             raise ValueError("; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
         for k, m in self.modules().items():
@@ -475,8 +479,8 @@ def read_bundle_json(d: Path) -> dict[str, Any]:
         doc = json.loads(js.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{js}: line {e.lineno}: invalid JSON ({e.msg})") from None
-    except (UnicodeDecodeError, RecursionError) as e:
-        raise ValueError(f"{js}: not a readable JSON document ({type(e).__name__})") from None
+    except (UnicodeDecodeError, RecursionError, ValueError) as e:  # ValueError: e.g. a 5000-digit integer
+        raise ValueError(f"{js}: not a readable JSON document ({type(e).__name__}: {str(e)[:80]})") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{js}: expected a JSON object")
     for key in ("method", "classes"):
@@ -509,6 +513,11 @@ def read_bundle_json(d: Path) -> dict[str, Any]:
         _expect(js, key, v is None or isinstance(v, dict), "an object", v)
     sc = doc.get("score") or {}
     _expect(js, "score.name", sc.get("name") is None or isinstance(sc.get("name"), str), "a score name", sc.get("name"))
+    if fmt == BUNDLE_FORMAT:  # save() writes every option: a missing one would silently become its default
+        missing = [f"preprocess.{k}" for k in Preprocess.names() if k not in (doc.get("preprocess") or {})]
+        missing += ["score.name"] if "name" not in sc else []
+        _expect(js, missing[0] if missing else "preprocess", not missing, "present (a bundle lists every option)",
+                "missing")
     return doc
 
 
