@@ -7,7 +7,10 @@ Sigma = 1/N sum_c sum_{x in c} (x - mu_c)(x - mu_c)^T; ``class_scores[:, c] =
 score M(x)). Differences from the paper, on purpose: one layer (the embedding) instead of
 a logistic-regression ensemble over layers, and no input pre-processing (the small
 gradient step on the input), which needs validation data of the unknown kind to tune.
-The pseudo-inverse is used, so a singular covariance (fewer images than dimensions) works.
+The pseudo-inverse is used, so a singular covariance (fewer images than dimensions) can be
+inverted, but the score is then poor: on the demo's POSE network (512-d embeddings, 64
+training images per class) it ranks last of four scores (bench/results/demo_scores_tiny.txt);
+a shrunk covariance (e.g. Ledoit-Wolf) is the obvious next option.
 Enrollment adds a class mean and keeps the shared covariance.
 """
 from __future__ import annotations
