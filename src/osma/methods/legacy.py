@@ -57,9 +57,9 @@ def convert_document(doc: dict[str, Any], path: Path | str = "model.json") -> di
     return out
 
 
-def convert_tensors(doc: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """First-format tensors -> current names (the score's under ``score.``)."""
-    new = convert_document(dict(doc))
+def convert_tensors(new: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """First-format tensors -> current names (the score's under ``score.``); ``new`` is the
+    bundle's document already converted by :func:`convert_document`."""
     score = new["score"]["name"]
     out = {k: v for k, v in tensors.items() if k not in ("centroids", "sigmas", "references", "reference_labels")}
     if score == "knn":

@@ -418,7 +418,8 @@ class NetworkMethod(Attributor):
         doc = read_bundle_json(d)
         tensors = read_bundle_tensors(d)
         if doc.get("format", "osma-bundle/1") == "osma-bundle/1":
-            doc, tensors = convert_document(doc, d / "model.json"), convert_tensors(doc, tensors)
+            doc = convert_document(doc, d / "model.json")
+            tensors = convert_tensors(doc, tensors)
         obj = cls.from_document(doc, device=device, where=f"{d / 'model.json'}: ")
         obj.classes = list(doc["classes"])
         obj.tau = None if doc.get("tau") is None else float(doc["tau"])
