@@ -7,7 +7,6 @@ sockets where the client must misbehave; every loop is bounded in time.
 from __future__ import annotations
 
 import contextlib
-import io
 import select
 import socket
 import threading
@@ -18,8 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-from PIL import Image
+from serving import free_port, png_bytes, running
 from test_attribution import colour_image, make_fake
 
 import osma.server
@@ -31,34 +29,17 @@ SLACK = 3.0  # the machine is shared: generous, but far below "never"
 TIMEOUT = httpx.Timeout(60.0)
 
 
-def _png(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 @contextlib.contextmanager
 def _running(max_upload_mb: float = 1.0, max_connections: int = 8, max_concurrent_decodes: int = 2) -> Iterator[int]:
     fake = make_fake()
     fake.tau = -3.0
     app = create_app(Model(fake), max_upload_mb=max_upload_mb, max_pixels=200 * 200, read_timeout=READ_TIMEOUT,
                      max_concurrent_decodes=max_concurrent_decodes)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(server_config(app, "127.0.0.1", port, read_timeout=READ_TIMEOUT,
-                                       max_connections=max_connections, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.time() + 20
-    while not srv.started:
-        assert time.time() < deadline and th.is_alive(), "server did not start"
-        time.sleep(0.05)
-    try:
-        yield port
-    finally:
-        srv.should_exit = True
-        th.join(10)
+    port = free_port()
+    config = server_config(app, "127.0.0.1", port, read_timeout=READ_TIMEOUT, max_connections=max_connections,
+                           log_level="warning")
+    with running(app, port, config) as p:
+        yield p
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +212,7 @@ def test_content_length_over_the_limit_refused_from_the_header(port: int) -> Non
 # --- 11: tau and the documented codes -----------------------------------------------------
 def test_tau_nan_refused_inf_allowed(port: int) -> None:
     url = f"http://127.0.0.1:{port}/v1/attribute"
-    files = [("files", ("a.png", _png(colour_image("red", 1)), "image/png"))]
+    files = [("files", ("a.png", png_bytes(colour_image("red", 1)), "image/png"))]
     for bad in ("nan", "NaN", "-nan"):
         r = httpx.post(url, params={"tau": bad}, files=files, timeout=TIMEOUT)
         assert r.status_code == 422 and "tau" in r.json()["detail"], (bad, r.text)
@@ -252,7 +233,7 @@ def test_disallowed_format_is_415_corrupt_is_422(port: int) -> None:
     url = f"http://127.0.0.1:{port}/v1/attribute"
     r = httpx.post(url, files=[("files", ("photo.png", eps, "image/png"))], timeout=TIMEOUT)
     assert r.status_code == 415 and "photo.png" in r.json()["detail"], r.text
-    good = _png(colour_image("red", 1))
+    good = png_bytes(colour_image("red", 1))
     r = httpx.post(url, files=[("files", ("cut.png", good[: len(good) // 2], "image/png"))], timeout=TIMEOUT)
     assert r.status_code == 422 and "cut.png" in r.json()["detail"]
 
@@ -278,7 +259,7 @@ def test_concurrent_decodes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(osma.server, "_decode_upload", recording)
     with _running(max_concurrent_decodes=2) as port:
         def one(i: int) -> int:
-            files = [("files", (f"{i}-{k}.png", _png(colour_image("red", 10 * i + k)), "image/png")) for k in range(2)]
+            files = [("files", (f"{i}-{k}.png", png_bytes(colour_image("red", 10 * i + k)), "image/png")) for k in range(2)]
             return httpx.post(f"http://127.0.0.1:{port}/v1/attribute", files=files, timeout=TIMEOUT).status_code
 
         with ThreadPoolExecutor(6) as pool:
@@ -300,9 +281,9 @@ def test_many_files_are_predicted_in_groups(port: int, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(osma.attribution.Model, "attribute", recording)
     # 200x200 = max_pixels: one group holds 3 * max_pixels bytes, i.e. one such image
-    big = _png(np.zeros((200, 200, 3), np.uint8))
+    big = png_bytes(np.zeros((200, 200, 3), np.uint8))
     files = [("files", (f"{i}.png", big, "image/png")) for i in range(3)]
-    files.append(("files", ("small.png", _png(colour_image("red", 1)), "image/png")))
+    files.append(("files", ("small.png", png_bytes(colour_image("red", 1)), "image/png")))
     r = httpx.post(f"http://127.0.0.1:{port}/v1/attribute", files=files, timeout=TIMEOUT)
     assert r.status_code == 200
     assert [d["path"] for d in r.json()["results"]] == ["0.png", "1.png", "2.png", "small.png"]

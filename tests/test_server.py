@@ -1,28 +1,17 @@
 """The HTTP service: a real uvicorn server on a free loopback port, spoken to with httpx."""
 from __future__ import annotations
 
-import io
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-from PIL import Image
+from serving import free_port, png_bytes, running
 from test_attribution import KNOWN, colour_image, make_fake
 
 from osma.attribution import Model
 from osma.server import create_app
-
-
-def _png(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -31,19 +20,8 @@ def server() -> Iterator[tuple[str, Model]]:
     fake.tau = -3.0
     model = Model(fake)
     app = create_app(model, max_upload_mb=0.05, max_pixels=100 * 100)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.time() + 20
-    while not srv.started:
-        assert time.time() < deadline and th.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", model
-    srv.should_exit = True
-    th.join(10)
+    with running(app, free_port()) as port:
+        yield f"http://127.0.0.1:{port}", model
 
 
 TIMEOUT = httpx.Timeout(60.0)  # the machine is shared; never flaky on a slow start
@@ -61,7 +39,7 @@ def test_health_sources_docs(server: tuple[str, Model]) -> None:
 def test_attribute_matches_python_api(server: tuple[str, Model]) -> None:
     url, model = server
     imgs = {"a.png": colour_image("red", 1), "b.png": colour_image("yellow", 2), "c.png": colour_image("blue", 3)}
-    files = [("files", (n, _png(a), "image/png")) for n, a in imgs.items()]
+    files = [("files", (n, png_bytes(a), "image/png")) for n, a in imgs.items()]
     r = httpx.post(f"{url}/v1/attribute", files=files, timeout=TIMEOUT)
     assert r.status_code == 200, r.text
     got = r.json()["results"]
@@ -80,12 +58,12 @@ def test_bad_uploads(server: tuple[str, Model]) -> None:
     post = lambda files, **kw: httpx.post(f"{url}/v1/attribute", files=files, timeout=TIMEOUT, **kw)  # noqa: E731
     r = post([("files", ("notes.txt", b"hello, not an image", "text/plain"))])
     assert r.status_code == 415 and "notes.txt" in r.json()["detail"]
-    good = _png(colour_image("red", 1))
+    good = png_bytes(colour_image("red", 1))
     r = post([("files", ("cut.png", good[: len(good) // 2], "image/png"))])
     assert r.status_code == 422 and "cut.png" in r.json()["detail"]
-    r = post([("files", ("big.png", _png(np.zeros((200, 200, 3), np.uint8)), "image/png"))])
+    r = post([("files", ("big.png", png_bytes(np.zeros((200, 200, 3), np.uint8)), "image/png"))])
     assert r.status_code == 413 and "pixels" in r.json()["detail"]
-    noisy = _png(np.random.default_rng(0).integers(0, 255, (99, 99, 3), dtype=np.uint8))  # ~30 kB each
+    noisy = png_bytes(np.random.default_rng(0).integers(0, 255, (99, 99, 3), dtype=np.uint8))  # ~30 kB each
     r = post([("files", (f"n{i}.png", noisy, "image/png")) for i in range(3)])
     assert r.status_code == 413
     r = httpx.post(f"{url}/v1/attribute", content=b"x" * 200_000, timeout=TIMEOUT,
@@ -104,7 +82,7 @@ def test_concurrent_requests(server: tuple[str, Model]) -> None:
 
     def one(i: int) -> str:
         a = colour_image(names[i], 50 + i)
-        r = httpx.post(f"{url}/v1/attribute", files=[("files", (f"{i}.png", _png(a), "image/png"))], timeout=TIMEOUT)
+        r = httpx.post(f"{url}/v1/attribute", files=[("files", (f"{i}.png", png_bytes(a), "image/png"))], timeout=TIMEOUT)
         r.raise_for_status()
         return r.json()["results"][0]["source"]
 
