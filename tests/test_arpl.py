@@ -133,6 +133,10 @@ def test_one_cs_step_changes_generator_discriminator_and_classifier(micro_batch)
     # real ones through the backbone's (confusing-sample step + plain step)
     assert int(m.aux.bns[0].num_batches_tracked) == 2 and int(bn.num_batches_tracked) == 2
     assert set(m.modules()) == {"backbone", "arpl", "input"}
+    # init_from re-syncs the twins with the (copied) backbone's BatchNorm
+    assert not torch.equal(m.aux.bns[0].weight, bn.weight)
+    m.aux.sync(m.backbone)
+    assert torch.equal(m.aux.bns[0].weight, bn.weight) and torch.equal(m.aux.bns[0].running_var, bn.running_var)
     assert set(m.epoch_state()) == {"generator", "discriminator", "aux_bn"}
 
 

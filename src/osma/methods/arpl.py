@@ -108,6 +108,12 @@ class AuxBatchNorm(nn.Module):
         self.names = [n for n, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.bns = nn.ModuleList(copy.deepcopy(net.get_submodule(n)) for n in self.names)
 
+    @torch.no_grad()
+    def sync(self, net: nn.Module) -> None:
+        """Copy the parameters and statistics of ``net``'s BatchNorm layers into the twins."""
+        for name, bn in zip(self.names, self.bns):
+            bn.load_state_dict(net.get_submodule(name).state_dict())
+
     def swap(self) -> dict[str, torch.Tensor]:
         out = {}
         for name, bn in zip(self.names, self.bns):
@@ -125,8 +131,8 @@ class ArplOptions(NetworkOptions):
     cs: bool = opt(True, "train with confusing samples from a GAN (ARPL+CS); False: plain ARPL")
     beta: float = opt(0.1, "weight of the confusing-sample (fake) loss, for the generator and the classifier", min=0)
     nz: int = opt(100, "noise size of the generator", min=1, max=65536)
-    ngf: int = opt(64, "generator width (channels of its last hidden stage)", min=1, max=4096)
-    ndf: int = opt(64, "discriminator width", min=1, max=4096)
+    ngf: int = opt(64, "generator width (DCGAN ngf: hidden stages of ngf*8, *4, *2, *1 channels)", min=1, max=4096)
+    ndf: int = opt(64, "discriminator width (DCGAN ndf: ndf*2, *4, *8, *16 channels)", min=1, max=4096)
     gan_lr: float = opt(2e-4, "Adam learning rate of the generator and discriminator", min=0)
     gan_beta1: float = opt(0.5, "Adam beta1 of the generator and discriminator", min=0, max=1)
     gan_beta2: float = opt(0.999, "Adam beta2 of the generator and discriminator", min=0, max=1)
@@ -197,6 +203,13 @@ class ArplMethod(NetworkMethod):
             if k not in state:
                 raise ValueError(f"checkpoint: method state has no {k!r} (trained with other options?)")
             m.load_state_dict(state[k])
+
+    def init_weights_from(self, bundle) -> list[str]:  # noqa: ANN001
+        """As the base; the auxiliary BatchNorm then starts from the copied backbone's BN."""
+        copied = super().init_weights_from(bundle)
+        if self.aux is not None:
+            self.aux.sync(self.backbone)
+        return copied
 
     def logits(self, emb: torch.Tensor) -> torch.Tensor:
         return self.arpl(emb.to(self.device)) / self.opts.temp
