@@ -61,7 +61,8 @@ def test_margin_loss_matches_hand_computation() -> None:
     radius = float(np.median(d)) + 1.0  # about half the terms are clamped at 0
     want = np.mean(np.maximum(0.0, d - radius + 1.0))
     assert 0 < (d - radius + 1.0 > 0).sum() < len(d)
-    got = margin_loss(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(p), torch.tensor([radius], dtype=torch.float64))
+    r = torch.tensor([radius], dtype=torch.float64)
+    got = margin_loss(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(p), r)
     assert got.item() == pytest.approx(want, rel=1e-10)
     # by hand: one 1-d point at distance 2 (d = 4), radius 0: max(0, 4 - 0 + 1) = 5
     five = margin_loss(torch.tensor([[2.0]]), torch.tensor([0]), torch.tensor([[[0.0]], [[9.0]]]), torch.zeros(1))
