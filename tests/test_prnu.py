@@ -13,7 +13,6 @@ from PIL import Image
 from osma import methods
 from osma.scores import Features, create_score
 
-pytest.importorskip("pywt", reason="scikit-image's denoise_wavelet needs PyWavelets")
 
 SIZE = 32
 GRAY = np.array([0.29893602, 0.58704307, 0.11402090])
