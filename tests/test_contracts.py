@@ -169,6 +169,10 @@ def _to_format1(bundle: Path, out: Path) -> None:
 
 @pytest.mark.parametrize("name", sorted(methods.METHODS))
 def test_first_format_bundles_load(bundles, micro_split, name: str, tmp_path: Path) -> None:  # noqa: ANN001
+    from osma.methods.legacy import _DEFAULT_SCORE
+
+    if name not in _DEFAULT_SCORE:  # the format had no fitted input transform nor this method's score tensors
+        pytest.skip(f"method {name!r} came after the first bundle format: no such bundle exists")
     att = methods.load_attributor(bundles[name], device="cpu")
     _to_format1(bundles[name], tmp_path / "old")
     old = methods.load_attributor(tmp_path / "old", device="cpu")

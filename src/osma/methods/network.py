@@ -131,8 +131,7 @@ class NetworkMethod(Attributor):
         self.device = resolve_device(device)
         # the network sees crop x crop patches (after the optional resize)
         self.input = create_input(self.pre.input, self.pre.crop)
-        self.backbone = create_backbone(self.opts.backbone, in_size=self.pre.crop, in_channels=self.input.out_channels,
-                                        embed_dim=self.opts.embed_dim, width=self.opts.width)
+        self.backbone = self.make_backbone()
         self.build()
         self.to(self.device)
 
@@ -143,6 +142,12 @@ class NetworkMethod(Attributor):
         return {**self.pre.to_dict(), **self.opts.to_dict(), "score": self.score.name,
                 **{f"score.{k}": v for k, v in self.score.options.to_dict().items()},
                 "train_counts": self.training.train_counts, "training": self.training.to_dict()}
+
+    def make_backbone(self) -> nn.Module:
+        """The embedding network (the registered backbone ``options.backbone``; a method
+        without a trained network, e.g. ``prnu``, returns its fixed extractor)."""
+        return create_backbone(self.opts.backbone, in_size=self.pre.crop, in_channels=self.input.out_channels,
+                               embed_dim=self.opts.embed_dim, width=self.opts.width)
 
     def build(self) -> None:
         """Create the method's extra modules (heads, proxies)."""
