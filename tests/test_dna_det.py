@@ -122,3 +122,20 @@ def test_dna_det_trains_on_micro(micro_zoo: Path, tmp_path: Path) -> None:
 
     p = att.predict_arrays([load_image(s.path) for s in sp.test[:5]])
     assert p.class_scores.shape == (5, 2) and np.isfinite(p.score).all()
+
+
+def _same_bundles(a_dir: Path, b_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(a_dir / "model.safetensors")), load_file(str(b_dir / "model.safetensors"))
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_dna_det_resume_across_the_stages_is_exact(micro_zoo: Path, tmp_path: Path) -> None:
+    opts = {**FAST, "pretrain_epochs": 1, "seed": 0}
+    methods.train(micro_zoo, "split1", "dna_det", tmp_path / "straight", epochs=1, **opts)
+    methods.train(micro_zoo, "split1", "dna_det", tmp_path / "split", epochs=0, **opts)  # pretraining only
+    methods.train(micro_zoo, "split1", "dna_det", tmp_path / "split", epochs=1, resume=True, **opts)
+    _same_bundles(tmp_path / "straight", tmp_path / "split")

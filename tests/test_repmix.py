@@ -84,6 +84,7 @@ def test_repmix_trains_on_micro(micro_zoo: Path, tmp_path: Path) -> None:
     assert p.class_scores.shape == (5, 2) and np.isfinite(p.score).all()
 
 
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")
 def test_learning_rate_decays_once_per_epoch() -> None:
     from osma.trainer import StepContext
 
@@ -95,3 +96,14 @@ def test_learning_rate_decays_once_per_epoch() -> None:
     att.end_epoch(ctx)
     assert opts["model"].param_groups[0]["lr"] == pytest.approx(1e-3 * 0.85 ** 2)
     assert opts["model"].param_groups[0]["weight_decay"] == 5e-4
+
+
+def test_repmix_resume_is_exact(micro_zoo: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    methods.train(micro_zoo, "split1", "repmix", tmp_path / "straight", epochs=2, seed=0, **FAST)
+    methods.train(micro_zoo, "split1", "repmix", tmp_path / "split", epochs=1, seed=0, **FAST)
+    methods.train(micro_zoo, "split1", "repmix", tmp_path / "split", epochs=2, seed=0, resume=True, **FAST)
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "model.safetensors"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
