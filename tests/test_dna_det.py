@@ -46,7 +46,8 @@ def test_supcon_matches_hand_computation() -> None:
     # the labels matter: every image its own class gives another value (only its other patch is positive)
     assert supcon_loss(z, torch.tensor([0, 1, 2]), 0.5, 0.5).item() == pytest.approx(
         _supcon_by_hand(z.numpy(), [0, 1, 2], 0.5, 0.5), rel=1e-9)
-    assert supcon_loss(z, torch.tensor([0, 1, 2]), 0.5, 0.5).item() != pytest.approx(supcon_loss(z, labels, 0.5, 0.5).item())
+    own = supcon_loss(z, torch.tensor([0, 1, 2]), 0.5, 0.5).item()
+    assert own != pytest.approx(supcon_loss(z, labels, 0.5, 0.5).item())
 
 
 def test_supcon_gradient_pulls_positives_together() -> None:
@@ -94,6 +95,9 @@ def test_architecture_labels_explicit_map_and_errors() -> None:
     att = methods.create_method("dna_det", classes, device="cpu", crop=16, width=0.125, embed_dim=8,
                                 arch_map="photos:real")
     assert att.architectures == ["real", "ddpm"] and att.arch_of_class.tolist() == [0, 0, 1]
+    with pytest.raises(OptionError, match="'region': 8 is smaller than the crop 16"):
+        methods.create_method("dna_det", ["real", "ddpm_mate_s0"], device="cpu", crop=16, width=0.125, embed_dim=8,
+                              region=8)
 
 
 def test_cut_patches_are_sub_blocks() -> None:

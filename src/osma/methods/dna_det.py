@@ -179,7 +179,8 @@ class DnaDetMethod(NetworkMethod):
 
     def build(self) -> None:
         o = self.opts
-        self.architectures, arch_idx = architecture_labels(self.classes, o.arch_rule, parse_arch_map(o.arch_map, self.classes))
+        arch_map = parse_arch_map(o.arch_map, self.classes)
+        self.architectures, arch_idx = architecture_labels(self.classes, o.arch_rule, arch_map)
         self.arch_of_class = torch.tensor(arch_idx, dtype=torch.long)
         self.region = int(o.region or 2 * self.pre.crop)
         if self.region < self.pre.crop:
@@ -257,9 +258,11 @@ class DnaDetMethod(NetworkMethod):
         if pre:  # one random processing chain per image: its label for both losses
             proc, chains = random_chains(x, rng)
             x, y = self.input_tensor(proc), torch.from_numpy(chains).long().to(self.device)
-            con_labels, head, proj, awl, key = y, self.pretext, self.pretext_proj, self.pretext_awl, "pretrain"
+            con_labels = y
+            head, proj, awl, key = self.pretext, self.pretext_proj, self.pretext_awl, "pretrain"
         else:  # cross-entropy over sources, SupCon over architectures
-            con_labels, head, proj, awl, key = self.arch_of_class.to(self.device)[y], self.head, self.proj, self.awl, "model"
+            con_labels = self.arch_of_class.to(self.device)[y]
+            head, proj, awl, key = self.head, self.proj, self.awl, "model"
         opt, sched = ctx.optimizers[key], ctx.schedulers[key]
         opt.zero_grad(set_to_none=True)
         ce, con, logits = self.patch_losses(x, y, con_labels, head, proj, rng)
