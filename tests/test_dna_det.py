@@ -143,3 +143,12 @@ def test_dna_det_resume_across_the_stages_is_exact(micro_zoo: Path, tmp_path: Pa
     methods.train(micro_zoo, "split1", "dna_det", tmp_path / "split", epochs=0, **opts)  # pretraining only
     methods.train(micro_zoo, "split1", "dna_det", tmp_path / "split", epochs=1, resume=True, **opts)
     _same_bundles(tmp_path / "straight", tmp_path / "split")
+
+
+def test_dna_det_pretrain_class(micro_zoo: Path, tmp_path: Path) -> None:
+    opts = {**FAST, "pretrain_epochs": 1, "seed": 0}
+    methods.train(micro_zoo, "split1", "dna_det", tmp_path / "a", epochs=0, pretrain_class="real", **opts)
+    log = [json.loads(ln) for ln in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and "loss_pretext" in log[0]
+    with pytest.raises(ValueError, match="images of class 'nope'"):
+        methods.train(micro_zoo, "split1", "dna_det", tmp_path / "b", epochs=0, pretrain_class="nope", **opts)
