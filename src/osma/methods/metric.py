@@ -17,54 +17,23 @@ proxies), the logit scores (``msp``, ``max_logit``, ``energy``) apply too.
 
 Optional forensic pretraining (``pretrain_epochs`` > 0, replacing the paper's camera-model
 pretraining, for which no database exists here): before metric learning the backbone
-learns to tell which processing chain (:data:`CHAINS`: JPEG quality, resampling factor,
+learns to tell which processing chain (:data:`osma.methods.pretext.CHAINS`: JPEG quality, resampling factor,
 blur, noise, gamma) was applied to real photos (the ``real`` class) of the training split.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFilter
 from torch import nn
 
 from osma.methods.losses import ProxyNCAPP
 from osma.methods.network import NetworkMethod, NetworkOptions
+from osma.methods.pretext import CHAINS, apply_chain, random_chains  # noqa: F401 - apply_chain re-exported
 from osma.methods.registry import register_method
 from osma.options import opt
-
-#: the pretext task's processing chains (label = index)
-CHAINS: tuple[str, ...] = (
-    "none", "jpeg90", "jpeg70", "jpeg50", "resample0.5", "resample1.5",
-    "blur1.0", "noise3", "gamma0.7", "gamma1.4",
-)
-
-
-def apply_chain(img: np.ndarray, chain: str, rng: np.random.Generator) -> np.ndarray:
-    """Apply one processing chain of :data:`CHAINS` to a uint8 HxWx3 patch (same size out)."""
-    h, w = img.shape[:2]
-    if chain == "none":
-        return img
-    if chain.startswith("jpeg"):
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="JPEG", quality=int(chain[4:]))
-        return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-    if chain.startswith("resample"):  # resample by the factor and back (bilinear)
-        f = float(chain[8:])
-        im = Image.fromarray(img).resize((max(2, round(w * f)), max(2, round(h * f))), Image.Resampling.BILINEAR)
-        return np.asarray(im.resize((w, h), Image.Resampling.BILINEAR))
-    if chain.startswith("blur"):
-        return np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(float(chain[4:]))))
-    if chain.startswith("noise"):
-        return np.clip(img + rng.normal(0, float(chain[5:]), img.shape), 0, 255).astype(np.uint8)
-    if chain.startswith("gamma"):
-        g = float(chain[5:])
-        return np.clip(255.0 * (img / 255.0) ** g + 0.5, 0, 255).astype(np.uint8)
-    raise ValueError(f"unknown processing chain {chain!r}")
-
 
 @dataclass
 class MetricOptions(NetworkOptions):
@@ -135,11 +104,8 @@ class MetricMethod(NetworkMethod):
         return {"loss_proxynca": loss.item()}
 
     def _pretext_step(self, ctx, x: torch.Tensor, opts: dict[str, torch.optim.Optimizer]) -> dict[str, float]:  # noqa: ANN001
-        rng = ctx.state["rng"]
-        # back to uint8 (exact: pixels = u / 127.5 - 1), process, forward
-        u8 = ((x.detach().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        labels = rng.integers(0, len(CHAINS), len(u8))
-        proc = np.stack([apply_chain(np.ascontiguousarray(im), CHAINS[k], rng) for im, k in zip(u8, labels)])
+        # back to uint8, one random processing chain per image (osma.methods.pretext), forward
+        proc, labels = random_chains(x, ctx.state["rng"])
         for o in opts.values():
             o.zero_grad(set_to_none=True)
         logits = self.pretext(self.features(self.input_tensor(proc)))
