@@ -68,6 +68,52 @@ def pull_loss(copycat_maps: list[torch.Tensor], classifier_maps: list[torch.Tens
     return sum(F.l1_loss(c, t.detach()) for c, t in zip(copycat_maps, classifier_maps)) / len(copycat_maps)
 
 
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """``BCE(D(x), 1) + BCE(D(G(z)), 0)`` on the discriminator's logits (the code's errD_real + errD_fake)."""
+    return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+
+
+def generator_loss(d_fake_logits: torch.Tensor, cls_fake_logits: torch.Tensor, labels: torch.Tensor,
+                   beta: float, smoothing2: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, adversarial, confidence) terms of the generator's loss:
+    ``BCE(D(G(z)), 1) - beta * SCE_{smoothing2}(C(G(z)))``: fool the discriminator and
+    make the classifier *confident* on the fakes (the modified GAN of moderate fakes)."""
+    adv = F.binary_cross_entropy_with_logits(d_fake_logits, torch.ones_like(d_fake_logits))
+    conf = smooth_cross_entropy(cls_fake_logits, labels, smoothing2)
+    return adv - beta * conf, adv, conf
+
+
+def classifier_gan_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, labels: torch.Tensor,
+                        beta: float, smoothing2: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, cross-entropy, moderate) of the classifier's GAN-phase loss:
+    ``CE(C(x), y) + beta * SCE_{smoothing2}(C_aux(G(z)))``."""
+    ce = F.cross_entropy(real_logits, labels)
+    moderate = smooth_cross_entropy(fake_logits, labels, smoothing2)
+    return ce + beta * moderate, ce, moderate
+
+
+def copycat_loss(logits: torch.Tensor, labels: torch.Tensor, copycat_maps: list[torch.Tensor],
+                 classifier_maps: list[torch.Tensor], pull_ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, cross-entropy, pull) of the copycat's loss: ``CE(K(x), y) + pull_ratio * pull``."""
+    ce = F.cross_entropy(logits, labels)
+    pull = pull_loss(copycat_maps, classifier_maps)
+    return ce + pull_ratio * pull, ce, pull
+
+
+def classifier_copycat_loss(real_logits: torch.Tensor, hard_logits: list[torch.Tensor], easy_logits: torch.Tensor,
+                            labels: torch.Tensor, fake_ratio: float, smoothing: float,
+                            smoothing2: float) -> dict[str, torch.Tensor]:
+    """The classifier's copycat-phase loss ``CE(C(x), y) + fake_ratio * (SCE_{smoothing2}(easy)
+    + sum_taps SCE_{smoothing}(hard)) / (1 + taps)``, with its terms (``total``, ``ce``,
+    ``hard`` (the mean of the hard terms), ``easy``)."""
+    ce = F.cross_entropy(real_logits, labels)
+    hard = [smooth_cross_entropy(z, labels, smoothing) for z in hard_logits]
+    easy = smooth_cross_entropy(easy_logits, labels, smoothing2)
+    total = ce + fake_ratio * (easy + sum(hard)) / (1 + len(hard))
+    return {"total": total, "ce": ce, "hard": sum(hard) / len(hard), "easy": easy}
+
+
 @dataclass
 class DiasOptions(NetworkOptions):
     optimizer: str = opt("sgd", "optimiser of the classifier and the copycat (the code: sgd)", choices=("sgd", "adam"))
@@ -146,7 +192,7 @@ class DiasMethod(NetworkMethod):
     # ------------------------------------------------------------------ training state
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         sim, o = self.simulator(), self.opts
-        lr = DEFAULT_LR[o.optimizer] if o.lr is None else o.lr
+        lr = self.base_lr()
 
         def net_opt(params: list[nn.Parameter]) -> torch.optim.Optimizer:
             if o.optimizer == "sgd":
@@ -164,11 +210,24 @@ class DiasMethod(NetworkMethod):
     def milestones(self) -> list[int]:
         """Epochs after which the classifier's and copycat's learning rates are multiplied by 0.1."""
         n = self.opts.epochs
-        return sorted({max(1, round(f * n)) for f in MILESTONES[self.opts.optimizer]} - {n} if n else set())
+        return sorted({max(1, round(f * n)) for f in MILESTONES[self.opts.optimizer]} - {n})
 
-    def schedulers(self, opts: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
-        """MultiStepLR (x0.1) stepped once per epoch, for the classifier and the copycat."""
-        return {k: torch.optim.lr_scheduler.MultiStepLR(opts[k], self.milestones(), 0.1) for k in ("model", "copycat")}
+    def base_lr(self) -> float:
+        """The classifier's and copycat's initial learning rate (``lr``, or the code's for the optimiser)."""
+        return DEFAULT_LR[self.opts.optimizer] if self.opts.lr is None else self.opts.lr
+
+    def lr_factor(self, epoch: int) -> float:
+        """The learning-rate factor of (0-based) ``epoch``: 0.1 per milestone reached."""
+        return 0.1 ** sum(epoch >= m for m in self.milestones())
+
+    def begin_epoch(self, ctx: Any) -> None:  # noqa: ANN401
+        """The code's MultiStepLR (x0.1 at each milestone, per epoch) for the classifier and
+        the copycat, set from the epoch number: a pure function of the epoch and the run
+        length, so a resumed run (even with another ``epochs``) follows the schedule of its
+        run length (a MultiStepLR's checkpoint would keep the first run's milestones)."""
+        for k in ("model", "copycat"):
+            for g in ctx.optimizers[k].param_groups:
+                g["lr"] = self.base_lr() * self.lr_factor(ctx.epoch)
 
     def epoch_state(self) -> dict[str, Any]:
         """The training-only networks (not in the bundle; needed for an exact resume)."""
@@ -178,10 +237,6 @@ class DiasMethod(NetworkMethod):
         if "simulator" not in state:
             raise ValueError("dias checkpoint: missing the simulator's state (copycat, generator, discriminator)")
         self.simulator().load_state_dict(state["simulator"])
-
-    def end_epoch(self, ctx: Any) -> None:  # noqa: ANN401
-        for s in ctx.schedulers.values():
-            s.step()
 
     # ------------------------------------------------------------------ the losses' building blocks
     def fake_logits(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -213,30 +268,26 @@ class DiasMethod(NetworkMethod):
         for m in (*classifier, sim.generator, sim.discriminator):
             m.train()
         fake = sim.generator(torch.randn(n, o.nz, device=self.device))
-        ones, zeros = torch.ones(n, device=self.device), torch.zeros(n, device=self.device)
         opt_d.zero_grad(set_to_none=True)
-        loss_d = (F.binary_cross_entropy_with_logits(sim.discriminator(x), ones)
-                  + F.binary_cross_entropy_with_logits(sim.discriminator(fake.detach()), zeros))
+        loss_d = discriminator_loss(sim.discriminator(x), sim.discriminator(fake.detach()))
         loss_d.backward()
         opt_d.step()
         opt_g.zero_grad(set_to_none=True)
-        err_g = F.binary_cross_entropy_with_logits(sim.discriminator(fake), ones)
-        # the generator seeks images the classifier is confident on (far from the uniform target)
-        conf = smooth_cross_entropy(self.fake_logits(fake), y, o.smoothing2)
-        (err_g - o.beta * conf).backward()
+        loss_g, adv, conf = generator_loss(sim.discriminator(fake), self.fake_logits(fake), y, o.beta, o.smoothing2)
+        loss_g.backward()
         opt_g.step()
         opt_c.zero_grad(set_to_none=True)
-        loss_real = F.cross_entropy(self.head(self.features(x)), y)
         with torch.no_grad():
             fake = sim.generator(torch.randn(n, o.nz, device=self.device))
-        loss_moderate = smooth_cross_entropy(self.fake_logits(fake), y, o.smoothing2)
-        (loss_real + o.beta * loss_moderate).backward()
+        loss, ce, moderate = classifier_gan_loss(self.head(self.features(x)), self.fake_logits(fake), y, o.beta,
+                                                 o.smoothing2)
+        loss.backward()
         opt_c.step()
         self.after_step()
-        losses.update(loss_d=loss_d.item(), loss_g=err_g.item(), loss_g_conf=conf.item(),
-                      loss_cls_gan=loss_real.item(), loss_moderate=loss_moderate.item())
+        losses.update(loss_d=loss_d.item(), loss_g=adv.item(), loss_g_conf=conf.item(), loss_cls_gan=ce.item(),
+                      loss_moderate=moderate.item())
 
-        # ---- copycat: imitate the classifier (classifier in eval mode)
+        # ---- copycat: imitate the classifier (classifier in eval mode; the code's train, first half)
         inp = self.input(x).detach()
         for m in classifier:
             m.eval()
@@ -246,9 +297,8 @@ class DiasMethod(NetworkMethod):
         maps, emb = self.copycat_fakes(inp)
         with torch.no_grad():
             target_maps, _ = staged_forward(self.stages, self.backbone, inp, TAPS)
-        loss_cc = F.cross_entropy(sim.copycat_head(emb), y)
-        loss_pull = pull_loss(maps, target_maps)
-        (loss_cc + o.pull_ratio * loss_pull).backward()
+        loss, ce_k, pull = copycat_loss(sim.copycat_head(emb), y, maps, target_maps, o.pull_ratio)
+        loss.backward()
         opt_k.step()
         constrain(sim.copycat)
 
@@ -260,17 +310,16 @@ class DiasMethod(NetworkMethod):
         with torch.no_grad():
             maps, emb = self.copycat_fakes(inp)
         opt_c.zero_grad(set_to_none=True)
-        loss_cls = F.cross_entropy(self.head(self.backbone(inp)), y)
         lg = self.copycat_fake_logits(maps, emb)
-        hard = [smooth_cross_entropy(z, y, o.smoothing) for z in lg["hard"]]
-        easy = smooth_cross_entropy(lg["easy"][0], y, o.smoothing2)
-        loss_fake = (easy + sum(hard)) / (1 + len(hard))
-        (loss_cls + o.fake_ratio * loss_fake).backward()
+        terms = classifier_copycat_loss(self.head(self.backbone(inp)), lg["hard"], lg["easy"][0], y, o.fake_ratio,
+                                        o.smoothing, o.smoothing2)
+        terms["total"].backward()
         opt_c.step()
         self.after_step()
-        losses.update(loss_copycat=loss_cc.item(), loss_pull=loss_pull.item(), loss_cls=loss_cls.item(),
-                      loss_hard=(sum(hard) / len(hard)).item(), loss_easy=easy.item())
+        losses.update(loss_copycat=ce_k.item(), loss_pull=pull.item(), loss_cls=terms["ce"].item(),
+                      loss_hard=terms["hard"].item(), loss_easy=terms["easy"].item())
         return losses
 
 
-__all__ = ["DiasMethod", "DiasOptions", "pull_loss", "smooth_cross_entropy"]
+__all__ = ["DiasMethod", "DiasOptions", "classifier_copycat_loss", "classifier_gan_loss", "copycat_loss",
+           "discriminator_loss", "generator_loss", "pull_loss", "smooth_cross_entropy"]
