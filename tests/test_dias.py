@@ -261,3 +261,27 @@ def test_lean_bundle_and_exact_resume(toy_benchmark: Path, tmp_path: Path) -> No
     assert set(ck["optimizers"]) == {"model", "copycat", "generator", "discriminator"}
     log = [json.loads(x) for x in (tmp_path / "split" / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2] and "loss_hard" in log[0]
+
+
+def test_backbone_without_stages_is_refused() -> None:
+    """A backbone dias cannot split is refused when the options are checked, with its name."""
+    from osma.models import BACKBONES, register_backbone
+    from osma.options import OptionError
+
+    @register_backbone("dias_test_flat")
+    class Flat(nn.Module):
+        def __init__(self, *, in_size: int, in_channels: int = 3, embed_dim: int = 8, width: float = 1.0) -> None:
+            super().__init__()
+            self.fc = nn.Linear(in_channels * in_size * in_size, embed_dim)
+
+    try:
+        with pytest.raises(OptionError, match="'dias_test_flat' has no feature_stages"):
+            methods.create_method("dias", ["a", "b"], crop=16, backbone="dias_test_flat", **TINY)
+        Flat.feature_stages = lambda self: [nn.Flatten()]  # too few stages for the two taps
+        with pytest.raises(ValueError, match="has 1 feature stages"):
+            methods.create_method("dias", ["a", "b"], crop=16, backbone="dias_test_flat", **TINY)
+        Flat.feature_stages = lambda self: [nn.Identity(), nn.Identity(), nn.Flatten()]  # accepted
+        m = methods.create_method("dias", ["a", "b"], crop=16, backbone="dias_test_flat", **TINY)
+        assert len(m.stages) == 3
+    finally:
+        del BACKBONES["dias_test_flat"]

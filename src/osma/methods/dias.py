@@ -163,6 +163,9 @@ class DiasMethod(NetworkMethod):
     def build(self) -> None:
         self.head = nn.Linear(self.opts.embed_dim, self.n_train, bias=False)  # the code's fc: no bias
         self.stages = feature_stages(self.backbone)
+        if len(self.stages) <= max(TAPS):
+            raise ValueError(f"dias: backbone {self.opts.backbone!r} has {len(self.stages)} feature stages; the copycat's "
+                             f"feature maps are taken after stages {TAPS}, so it needs at least {max(TAPS) + 1}")
         self.sim: Simulator | None = None  # built for training only (optimizers / epoch state)
 
     def modules(self) -> dict[str, nn.Module]:
