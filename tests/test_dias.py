@@ -285,3 +285,20 @@ def test_backbone_without_stages_is_refused() -> None:
         assert len(m.stages) == 3
     finally:
         del BACKBONES["dias_test_flat"]
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mislnet"])
+def test_other_backbones_train(backbone: str) -> None:
+    """One step with each other built-in backbone; mislnet's constrained convolution stays
+    constrained in the classifier and the copycat."""
+    torch.manual_seed(0)
+    m = methods.create_method("dias", ["a", "b", "c"], crop=24, backbone=backbone, **TINY)
+    opts = m.optimizers()
+    x, y = torch.rand(6, 3, 24, 24) * 2 - 1, torch.tensor([0, 1, 2, 0, 1, 2])
+    losses = m.train_step(StepContext(0, opts, {}), x, y)
+    assert all(np.isfinite(v) for v in losses.values())
+    if backbone == "mislnet":
+        for net in (m.backbone, m.sim.copycat):
+            w = net.constrained.weight
+            assert torch.allclose(w[:, :, 2, 2], torch.full_like(w[:, :, 2, 2], -1.0))
+            assert torch.allclose(w.sum(dim=(2, 3)), torch.zeros(w.shape[:2]), atol=1e-5)
