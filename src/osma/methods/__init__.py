@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from osma.methods import arpl, dct_cnn, dna_det, metric, pose, prnu, repmix, softmax, yu  # noqa: F401 - registers the methods
+from osma.methods import arpl, dct_cnn, dias, dna_det, metric, pose, prnu, repmix, softmax, yu  # noqa: F401 - registers the methods
 from osma.methods.base import Attributor, Prediction
 from osma.methods.metric import MetricMethod
 from osma.methods.network import NetworkMethod, NetworkOptions, Preprocess, read_bundle_json
