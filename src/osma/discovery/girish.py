@@ -222,9 +222,147 @@ def _retrain(att: Any, prev_bundle: Path | None, sp: Any, data: str, found: dict
     return new
 
 
+@dataclass
+class GirishResult:
+    """The pipeline's final state over the readable pool images ``paths``.
+
+    ``labels``: < ``n_known`` attributed to that known class, ``n_known + j`` discovered class
+    ``found_<j>``, -1 in neither. ``embeddings``: the pool under the final model.
+    """
+
+    paths: list[str]
+    labels: np.ndarray
+    n_known: int
+    known_classes: list[str]
+    embeddings: np.ndarray
+    errors: dict[int, str]
+    history: list[dict[str, Any]]
+    model_dir: Path | None
+
+    @property
+    def found(self) -> np.ndarray:
+        """Discovered cluster of each pool image (0..k-1), -1 for the others."""
+        return np.where(self.labels >= self.n_known, self.labels - self.n_known, -1)
+
+    def full_labels(self) -> np.ndarray:
+        """Every pool image in a group, as the authors' evaluation does: the known-class and
+        discovered groups, the others given to the nearest group centroid (cosine)."""
+        return attribute_rest(self.embeddings, self.labels)
+
+
+def attribute_rest(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Labels with each -1 replaced by the label whose centroid is nearest in cosine distance."""
+    from scipy.spatial.distance import cdist
+
+    labels = np.asarray(labels).copy()
+    rest = labels == -1
+    if rest.all() or not rest.any():
+        return labels
+    groups = np.unique(labels[~rest])
+    centroids = np.stack([x[labels == g].mean(0) for g in groups])
+    labels[rest] = groups[cdist(x[rest], centroids, metric="cosine").argmin(1)]
+    return labels
+
+
+def girish_discover(model: Any, paths: list[str], out: str | Path, o: GirishOptions) -> GirishResult:  # noqa: ANN401
+    """Run ``o.iterations`` iterations of the pipeline over the pool ``paths`` with ``model``
+    (an :class:`osma.attribution.Model`); writes ``out/discovery_log.jsonl`` (one line per
+    iteration), ``out/iter_<i>/`` (the retraining runs) and ``out/model`` (the last retrained bundle)."""
+    from sklearn.cluster import KMeans
+    from sklearn.preprocessing import StandardScaler
+
+    from osma.attribution import Model
+
+    att = model.attributor
+    sp, data = _known_split(att, o)
+    n_known = len(sp.known_classes)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / LOG_FILE
+    log_path.unlink(missing_ok=True)
+    rng = np.random.default_rng(o.seed)
+
+    emb, kept, errors = model.embed(paths)
+    pool = [paths[i] for i in kept]
+    labels = np.full(len(pool), -1, np.int64)  # -1 unassigned, < n_known known class, else discovered
+    history: list[dict[str, Any]] = []
+    current, bundle = model, model.bundle_dir
+    retrained: Path | None = None
+    for it in range(1, o.iterations + 1) if len(pool) >= 2 else ():
+        a = current.attributor
+        if it > 1:
+            emb = current.embed(pool)[0]
+        train_emb, train_y = a.embed_samples(sp.train)
+        scaler = StandardScaler().fit(train_emb)
+        x_train, x_pool = scaler.transform(train_emb), scaler.transform(emb)
+        # OOD detection and attribution of in-distribution images
+        perms = hash_permutations(o.n_hashes, x_train.shape[1], o.window, rng)
+        c_train, c_pool = wta_codes(x_train, perms), wta_codes(x_pool, perms)
+        pred = a.predict_embeddings(emb).pred
+        n_found = int(labels.max()) + 1 - n_known if labels.max() >= n_known else 0
+
+        def ind(ref: np.ndarray) -> np.ndarray:
+            if len(ref) > o.ood_max_ref:
+                ref = ref[rng.choice(len(ref), o.ood_max_ref, replace=False)]
+            return in_distribution(ref, c_pool, o.quantile)
+
+        in_known = np.stack([ind(c_train[train_y == c]) for c in range(n_known)], 1).any(1)
+        in_found = (np.stack([ind(c_pool[labels == n_known + j]) for j in range(n_found)], 1).any(1)
+                    if n_found else np.zeros(len(pool), bool))
+        free = labels == -1
+        to_known = free & in_known & (pred < n_known)
+        to_found = free & in_found & (pred >= n_known) & (pred < n_known + n_found)
+        labels[to_known | to_found] = pred[to_known | to_found]
+        # over-clustering of the rest
+        rest = labels == -1
+        k = min(o.clusters, int(rest.sum()) // 2)
+        first_new = n_known + n_found
+        if k >= 2:
+            km = KMeans(n_clusters=k, n_init=1, max_iter=300, random_state=o.seed).fit_predict(x_pool[rest])
+            labels[rest] = first_new + np.unique(km, return_inverse=True)[1]
+        n_clusters = int(labels.max()) + 1 - first_new if labels.max() >= first_new else 0
+        # merge: among the new clusters, then among all discovered ones
+        for lo in (first_new, n_known):
+            sel = labels >= lo
+            if sel.any():
+                labels[sel] = lo + merge_nearest(emb[sel], labels[sel] - lo, o.connection)[labels[sel] - lo]
+                labels = _compact(labels, n_known)
+        n_merged = int(labels.max()) + 1 - n_known if labels.max() >= n_known else 0
+        # refine: keep pure clusters
+        labels, stats = refine(emb, labels, n_known, o.purity, o.min_size, seed=o.seed)
+        sizes = ([int((labels == n_known + j).sum()) for j in range(int(labels.max()) + 1 - n_known)]
+                 if labels.max() >= n_known else [])
+        record: dict[str, Any] = {
+            "iteration": it,
+            "attributed_known": int(to_known.sum()), "attributed_found": int(to_found.sum()),
+            "clustered": int(rest.sum()), "clusters": n_clusters, "after_merge": n_merged,
+            "refined": [{"cluster": c, **v} for c, v in stats.items()],
+            "kept": len(sizes), "kept_sizes": sizes, "unassigned": int((labels == -1).sum()),
+        }
+        # retraining on known + discovered classes
+        if sizes:
+            found = {f"{FOUND_PREFIX}{j}": [pool[i] for i in np.flatnonzero(labels == n_known + j)]
+                     for j in range(len(sizes))}
+            run_dir = out / (FINAL_MODEL if it == o.iterations else f"iter_{it}")
+            new = _retrain(a, bundle, sp, data, found, run_dir, o)
+            current, bundle, retrained = Model(new, bundle_dir=run_dir), run_dir, run_dir
+            record["retrained"] = str(run_dir)
+        else:
+            record["retrained"] = None  # nothing to add: the model stays
+        history.append(record)
+        with open(log_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+    if retrained is not None and retrained != out / FINAL_MODEL:  # the last iteration kept nothing
+        shutil.copytree(retrained, out / FINAL_MODEL, dirs_exist_ok=True)
+        retrained = out / FINAL_MODEL
+    if history and history[-1]["retrained"] is not None:
+        emb = current.embed(pool)[0]  # the pool under the final model
+    return GirishResult(pool, labels, n_known, list(sp.known_classes), emb, errors, history, retrained)
+
+
 @register_discovery("girish")
 class GirishDiscovery:
-    """The iterative pipeline of Girish et al. (see the module docstring)."""
+    """The iterative pipeline of Girish et al. (:func:`girish_discover`)."""
 
     Options = GirishOptions
     name = "girish"
@@ -232,103 +370,14 @@ class GirishDiscovery:
                    "SVM purity refinement, retraining; iterated")
 
     def run(self, model: Any, paths: list[str], out: Path, options: GirishOptions) -> Discovered:  # noqa: ANN401
-        """Run ``options.iterations`` iterations over the pool ``paths``; writes ``out/discovery_log.jsonl``,
-        ``out/iter_<i>/`` (each retraining's run) and ``out/model`` (the final retrained bundle)."""
-        from sklearn.cluster import KMeans
-        from sklearn.preprocessing import StandardScaler
-
-        from osma.attribution import Model
-
-        o = options
-        att = model.attributor
-        sp, data = _known_split(att, o)
-        n_known = len(sp.known_classes)
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        log_path = out / LOG_FILE
-        log_path.unlink(missing_ok=True)
-        rng = np.random.default_rng(o.seed)
-
-        emb, kept, errors = model.embed(paths)
-        pool = [paths[i] for i in kept]
-        labels = np.full(len(pool), -1, np.int64)  # -1 unassigned, < n_known known class, else discovered
-        if len(pool) < 2:
-            return Discovered(pool, Clustering(labels, 0), errors)
-        current, bundle = model, model.bundle_dir
-        history = []
-        for it in range(1, o.iterations + 1):
-            a = current.attributor
-            if it > 1:
-                emb = current.embed(pool)[0]
-            train_emb, train_y = a.embed_samples(sp.train)
-            scaler = StandardScaler().fit(train_emb)
-            x_train, x_pool = scaler.transform(train_emb), scaler.transform(emb)
-            # OOD detection and attribution of in-distribution images
-            perms = hash_permutations(o.n_hashes, x_train.shape[1], o.window, rng)
-            c_train, c_pool = wta_codes(x_train, perms), wta_codes(x_pool, perms)
-            pred = a.predict_embeddings(emb).pred
-            n_found = int(labels.max()) + 1 - n_known if labels.max() >= n_known else 0
-
-            def ind(ref: np.ndarray) -> np.ndarray:
-                if len(ref) > o.ood_max_ref:
-                    ref = ref[rng.choice(len(ref), o.ood_max_ref, replace=False)]
-                return in_distribution(ref, c_pool, o.quantile)
-
-            in_known = np.stack([ind(c_train[train_y == c]) for c in range(n_known)], 1).any(1)
-            in_found = (np.stack([ind(c_pool[labels == n_known + j]) for j in range(n_found)], 1).any(1)
-                        if n_found else np.zeros(len(pool), bool))
-            free = labels == -1
-            to_known = free & in_known & (pred < n_known)
-            to_found = free & in_found & (pred >= n_known) & (pred < n_known + n_found)
-            labels[to_known | to_found] = pred[to_known | to_found]
-            # over-clustering of the rest
-            rest = labels == -1
-            k = min(o.clusters, int(rest.sum()) // 2)
-            first_new = n_known + n_found
-            if k >= 2:
-                km = KMeans(n_clusters=k, n_init=1, max_iter=300, random_state=o.seed).fit_predict(x_pool[rest])
-                labels[rest] = first_new + np.unique(km, return_inverse=True)[1]
-            n_clusters = int(labels.max()) + 1 - first_new if labels.max() >= first_new else 0
-            # merge: among the new clusters, then among all discovered ones
-            for lo in (first_new, n_known):
-                sel = labels >= lo
-                if sel.any():
-                    labels[sel] = lo + merge_nearest(emb[sel], labels[sel] - lo, o.connection)[labels[sel] - lo]
-                    labels = _compact(labels, n_known)
-            n_merged = int(labels.max()) + 1 - n_known if labels.max() >= n_known else 0
-            # refine: keep pure clusters
-            labels, stats = refine(emb, labels, n_known, o.purity, o.min_size, seed=o.seed)
-            found_sizes = [int((labels == n_known + j).sum()) for j in range(int(labels.max()) + 1 - n_known)] \
-                if labels.max() >= n_known else []
-            record = {
-                "iteration": it,
-                "attributed_known": int(to_known.sum()), "attributed_found": int(to_found.sum()),
-                "clustered": int(rest.sum()), "clusters": n_clusters, "after_merge": n_merged,
-                "refined": [{"cluster": c, **s} for c, s in stats.items()],
-                "kept": len(found_sizes), "kept_sizes": found_sizes,
-                "unassigned": int((labels == -1).sum()),
-            }
-            # retraining on known + discovered classes
-            if found_sizes:
-                found = {f"{FOUND_PREFIX}{j}": [pool[i] for i in np.flatnonzero(labels == n_known + j)]
-                         for j in range(len(found_sizes))}
-                run_dir = out / (FINAL_MODEL if it == o.iterations else f"iter_{it}")
-                new = _retrain(a, bundle, sp, data, found, run_dir, o)
-                current, bundle = Model(new, bundle_dir=run_dir), run_dir
-                record["retrained"] = str(run_dir)
-            else:
-                record["retrained"] = None  # nothing to add: the model stays
-            history.append(record)
-            with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-        if bundle is not None and bundle != out / FINAL_MODEL and bundle != model.bundle_dir:
-            shutil.copytree(bundle, out / FINAL_MODEL, dirs_exist_ok=True)  # last retraining was earlier
-            bundle = out / FINAL_MODEL
-        found_labels = np.where(labels >= n_known, labels - n_known, -1)
-        k = int(found_labels.max()) + 1
-        attributed = {c: int((labels == i).sum()) for i, c in enumerate(sp.known_classes)}
-        summary = {"iterations": history, "attributed_known": attributed,
-                   "unassigned": int((labels == -1).sum()),
-                   "model": str(bundle) if bundle != model.bundle_dir else None,
-                   "options": o.to_dict()}
-        return Discovered(pool, Clustering(found_labels, k), errors, summary)
+        """:func:`girish_discover`; the clusters are the discovered classes (-1: in none)."""
+        r = girish_discover(model, paths, out, options)
+        found = r.found
+        summary = {
+            "iterations": r.history,
+            "attributed_known": {c: int((r.labels == i).sum()) for i, c in enumerate(r.known_classes)},
+            "unassigned": int((r.labels == -1).sum()),
+            "model": None if r.model_dir is None else str(r.model_dir),
+            "options": options.to_dict(),
+        }
+        return Discovered(r.paths, Clustering(found, int(found.max()) + 1 if len(found) else 0), r.errors, summary)
