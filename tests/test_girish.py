@@ -14,7 +14,7 @@ from osma.cli import app
 from osma.data import load_split
 from osma.discovery import DISCOVERY, create_discovery, read_members, score_clustering
 from osma.discovery.girish import (attribute_rest, hash_permutations, in_distribution, merge_nearest, ood_threshold,
-                                   refine, wta_codes)
+                                   refine, wta_codes, wta_winners)
 
 FAST = {"crop": 24, "per_class": 4, "width": 0.125, "embed_dim": 16, "workers": 0, "progress": False,
         "device": "cpu", "batches_per_epoch": 3}
@@ -34,7 +34,9 @@ def test_wta_codes_by_hand() -> None:
     # x = (3, 1, 2): window (0, 1) -> max at position 0; window (2, 1) -> 2 > 1: position 0
     # y = (0, 5, 1): window (0, 1) -> position 1; window (2, 1) -> 5 > 1: position 1
     perms = np.array([[0, 1], [2, 1]])
-    codes = wta_codes(np.array([[3.0, 1, 2], [0, 5, 1]]), perms)
+    winners = wta_winners(np.array([[3.0, 1, 2], [0, 5, 1]]), perms, chunk=1)
+    np.testing.assert_array_equal(winners, [[0, 0], [1, 1]])
+    codes = wta_codes(winners, 2)
     np.testing.assert_array_equal(codes, [[1, 0, 1, 0], [0, 1, 0, 1]])
     assert 2 - codes[0] @ codes[1] == 2  # they disagree on both hashes
     p = hash_permutations(5, 7, 3, np.random.default_rng(0))
@@ -50,16 +52,18 @@ def test_ood_threshold_by_hand() -> None:
 
 
 def test_in_distribution_by_hand() -> None:
-    # two hashes of window 2; references a = b = (1,0,1,0), c = (1,0,0,1): their pairwise
-    # hash distances (self-pairs included) are [0,0,1 / 0,0,1 / 1,1,0]: the 0.9 threshold is 1
-    ref = np.array([[1, 0, 1, 0], [1, 0, 1, 0], [1, 0, 0, 1]], np.float32)
-    ev = np.array([[1, 0, 1, 0],   # mean distance (0 + 0 + 1) / 3 = 1/3 < 1: in
-                   [0, 1, 0, 1],   # (2 + 2 + 1) / 3 = 5/3: out
-                   [0, 1, 1, 0]],  # (1 + 1 + 2) / 3 = 4/3: out
-                  np.float32)
-    np.testing.assert_array_equal(in_distribution(ref, ev, 0.9), [True, False, False])
+    # two hashes of window 2, as winners per hash; references a = b = (0, 0), c = (0, 1): their
+    # pairwise hash distances (self-pairs included) are [0,0,1 / 0,0,1 / 1,1,0]: the 0.9 threshold is 1
+    ref = np.array([[0, 0], [0, 0], [0, 1]])
+    ev = np.array([[0, 0],   # mean distance (0 + 0 + 1) / 3 = 1/3 < 1: in
+                   [1, 1],   # (2 + 2 + 1) / 3 = 5/3: out
+                   [1, 0]])  # (1 + 1 + 2) / 3 = 4/3: out
+    np.testing.assert_array_equal(in_distribution(ref, ev, 2, 0.9), [True, False, False])
     # q = 0.2: int(9 * 0.8) = 7th largest of (1,1,1,1,0,0,0,0,0) = 0: nothing is below it
-    np.testing.assert_array_equal(in_distribution(ref, ev, 0.2), [False, False, False])
+    np.testing.assert_array_equal(in_distribution(ref, ev, 2, 0.2), [False, False, False])
+    # a window of 3: winners (2, 0) vs references (0, 0) x 2 and (2, 0): mean distance 2/3 < 1
+    ref3 = np.array([[0, 0], [0, 0], [2, 0]])
+    np.testing.assert_array_equal(in_distribution(ref3, np.array([[2, 0], [1, 1]]), 3, 0.9), [True, False])
 
 
 def test_merge_nearest_by_hand() -> None:

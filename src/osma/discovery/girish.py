@@ -6,7 +6,7 @@ One iteration, over an unlabelled pool of images (the ``PATH`` s of ``osma disco
 1. **features**: embed the known training images and the pool with the current model;
    standardise both with the training statistics (``StandardScaler``).
 2. **OOD detection** (:func:`in_distribution`): winner-take-all hash codes of the features
-   (:func:`wta_codes`); a pool image is in-distribution for a class when its mean hash
+   (:func:`wta_winners`); a pool image is in-distribution for a class when its mean hash
    distance to the class's images is below the ``quantile`` of the class's own pairwise
    distances. A still unassigned pool image in-distribution for some known class *and*
    predicted as a known class by the model is attributed to that class (and not clustered);
@@ -52,18 +52,23 @@ def hash_permutations(n_hashes: int, dim: int, window: int, rng: np.random.Gener
     return np.stack([rng.permutation(dim)[:window] for _ in range(n_hashes)])
 
 
-def wta_codes(x: np.ndarray, perms: np.ndarray) -> np.ndarray:
-    """Winner-take-all hash of ``x`` (N, D) with permutation windows ``perms`` (H, K): the
-    one-hot position of the largest of the K permuted coordinates, per hash: (N, H*K) float32.
+def wta_winners(x: np.ndarray, perms: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Winner-take-all hash of ``x`` (N, D) with permutation windows ``perms`` (H, K): for each
+    hash, the position (0..K-1) of the largest of the K permuted coordinates: (N, H) int16."""
+    x = np.asarray(x, np.float32)
+    out = np.empty((len(x), len(perms)), np.int16)
+    for i in range(0, len(x), chunk):  # (chunk, H, K) at a time
+        out[i:i + chunk] = np.argmax(x[i:i + chunk][:, perms], axis=2)
+    return out
 
-    The dot product of two codes is the number of hashes on which they agree, so
-    ``H - a @ b`` is their hash distance.
-    """
-    n_hashes, window = perms.shape
-    winners = np.argmax(np.asarray(x, np.float32)[:, perms], axis=2)  # (N, H)
-    codes = np.zeros((len(x), n_hashes, window), np.float32)
-    np.put_along_axis(codes, winners[:, :, None], 1.0, axis=2)
-    return codes.reshape(len(x), n_hashes * window)
+
+def wta_codes(winners: np.ndarray, window: int) -> np.ndarray:
+    """One-hot codes (N, H*K) float32 of :func:`wta_winners`: the dot product of two codes is
+    the number of hashes on which they agree, so ``H - a @ b`` is their hash distance."""
+    n, n_hashes = winners.shape
+    codes = np.zeros((n, n_hashes, window), np.float32)
+    np.put_along_axis(codes, winners[:, :, None].astype(np.int64), 1.0, axis=2)
+    return codes.reshape(n, n_hashes * window)
 
 
 def ood_threshold(distances: np.ndarray, quantile: float) -> float:
@@ -75,14 +80,17 @@ def ood_threshold(distances: np.ndarray, quantile: float) -> float:
     return float(d[max(1, int(len(d) * (1 - quantile))) - 1])
 
 
-def in_distribution(ref_codes: np.ndarray, codes: np.ndarray, quantile: float) -> np.ndarray:
-    """Which rows of ``codes`` are in-distribution for the images of ``ref_codes`` (both
-    :func:`wta_codes` of the same hashes): mean hash distance to the reference images below
+def in_distribution(ref: np.ndarray, winners: np.ndarray, window: int, quantile: float) -> np.ndarray:
+    """Which rows of ``winners`` are in-distribution for the reference images ``ref`` (both
+    :func:`wta_winners` of the same hashes): mean hash distance to the references below
     :func:`ood_threshold` of the references' own pairwise distances (self-pairs included)."""
-    n_hashes = float(ref_codes.sum(1)[0]) if len(ref_codes) else 0.0
-    threshold = ood_threshold(n_hashes - ref_codes @ ref_codes.T, quantile)
-    mean_dist = n_hashes - codes @ ref_codes.mean(0)
-    return mean_dist < threshold
+    n_hashes = ref.shape[1]
+    codes = wta_codes(ref, window)
+    threshold = ood_threshold(n_hashes - codes @ codes.T, quantile)
+    # mean distance = H - sum over hashes of the share of references with the same winner
+    share = codes.mean(0).reshape(n_hashes, window)
+    agree = share[np.arange(n_hashes), winners.astype(np.int64)].sum(1)
+    return n_hashes - agree < threshold
 
 
 def merge_nearest(x: np.ndarray, labels: np.ndarray, connection: str = "strong") -> np.ndarray:
@@ -297,14 +305,14 @@ def girish_discover(model: Any, paths: list[str], out: str | Path, o: GirishOpti
         x_train, x_pool = scaler.transform(train_emb), scaler.transform(emb)
         # OOD detection and attribution of in-distribution images
         perms = hash_permutations(o.n_hashes, x_train.shape[1], o.window, rng)
-        c_train, c_pool = wta_codes(x_train, perms), wta_codes(x_pool, perms)
+        c_train, c_pool = wta_winners(x_train, perms), wta_winners(x_pool, perms)
         pred = a.predict_embeddings(emb).pred
         n_found = int(labels.max()) + 1 - n_known if labels.max() >= n_known else 0
 
         def ind(ref: np.ndarray) -> np.ndarray:
             if len(ref) > o.ood_max_ref:
                 ref = ref[rng.choice(len(ref), o.ood_max_ref, replace=False)]
-            return in_distribution(ref, c_pool, o.quantile)
+            return in_distribution(ref, c_pool, o.window, o.quantile)
 
         in_known = np.stack([ind(c_train[train_y == c]) for c in range(n_known)], 1).any(1)
         in_found = (np.stack([ind(c_pool[labels == n_known + j]) for j in range(n_found)], 1).any(1)
