@@ -159,3 +159,17 @@ def test_girish_needs_training_data(micro_run: Path, tmp_path: Path) -> None:
     assert r.exit_code == 2 and "training.data" in r.output
     r = CliRunner().invoke(app, ["discover", str(bundle), str(tmp_path), "--method", "girish", "--opt", "purity=2"])
     assert r.exit_code == 2 and "purity" in r.output
+
+
+def test_method_kmeans_is_the_default(micro_zoo: Path, micro_run: Path, tmp_path: Path) -> None:
+    pool = [str(s.path) for s in load_split(micro_zoo, "split1").out_all]
+    outs = []
+    for extra in ([], ["--method", "kmeans"]):
+        out = tmp_path / f"k{len(extra)}"
+        r = CliRunner().invoke(app, ["discover", str(micro_run), *pool, "--out", str(out), "--device", "cpu",
+                                     "--labels", "folders", *extra])
+        assert r.exit_code == 0, r.output
+        outs.append(((out / "clusters.json").read_text(), (out / "assignments.tsv").read_text(),
+                     r.output.replace(str(out), "OUT")))
+    assert outs[0] == outs[1]
+    assert json.loads(outs[0][0])["method"] == "k-means on L2-normalised embeddings, k by silhouette"

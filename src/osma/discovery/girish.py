@@ -151,7 +151,7 @@ def refine(x: np.ndarray, labels: np.ndarray, first: int, purity: float, min_siz
 
 
 def _compact(labels: np.ndarray, first: int) -> np.ndarray:
-    """Renumber labels >= ``first`` to ``first, first+1, ...`` in order of appearance value."""
+    """Renumber labels >= ``first`` to ``first, first+1, ...`` in increasing order."""
     out = labels.copy()
     for i, c in enumerate(np.unique(labels[labels >= first])):
         out[labels == c] = first + i
