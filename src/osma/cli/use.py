@@ -402,22 +402,37 @@ def sources(
 def discover(
     model: str = typer.Argument(..., help="Model bundle or training run directory."),
     paths: list[str] = typer.Argument(..., help="Images to cluster (files, dirs, globs)."),
-    k: str = typer.Option("auto", "--k", help="Number of clusters, or 'auto' (silhouette over 2..--k-max)."),
-    k_max: int = typer.Option(12, "--k-max", min=2, help="Largest k tried by --k auto."),
+    method: str = typer.Option("kmeans", "--method", help="Discovery method: kmeans (one clustering) or girish (iterative, retrains)."),
+    k: str = typer.Option("auto", "--k", help="kmeans: number of clusters, or 'auto' (silhouette over 2..--k-max)."),
+    k_max: int = typer.Option(12, "--k-max", min=2, help="kmeans: largest k tried by --k auto."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", min=1, help="girish: iterations (default 4)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=0, help="girish: epochs of each retraining (default: the model's)."),
+    option: Optional[list[str]] = typer.Option(None, "--opt", help="Method option KEY=VALUE (repeatable; see docs/discovery.md)."),
     out: Path = typer.Option(Path("discovered"), "--out", help="Output directory (cluster_<k>/ per cluster)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="True labels: a path<TAB>label file, or 'folders' (parent folder names)."),
     rejected_only: bool = typer.Option(False, "--rejected-only", help="Cluster only the images the model rejects as unknown."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
-    """Group images into candidate new sources (k-means on L2-normalised embeddings)."""
-    import numpy as np
-
+    """Group images into candidate new sources (k-means on L2-normalised embeddings, or Girish et al.'s pipeline)."""
     from osma.attribution import UNKNOWN, decode, expand_paths
-    from osma.discovery import cluster, true_labels, write_clusters
+    from osma.discovery import create_discovery, score_clustering, true_labels, write_clusters
+    from osma.options import parse_assignments
 
     if k != "auto" and not k.isdigit():
         raise typer.BadParameter("--k must be 'auto' or a positive integer")
+    try:
+        opts = parse_assignments(option)
+        opts["seed"] = seed
+        if method == "kmeans":
+            opts.update(k=k if k == "auto" else int(k), k_max=k_max)
+        else:
+            opts.update({key: v for key, v in (("iterations", iterations), ("epochs", epochs)) if v is not None})
+            opts.setdefault("device", device)
+        disc, options = create_discovery(method, opts)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     m = _load_model(model, device)
     items = expand_paths(paths)
     if rejected_only:
@@ -425,31 +440,47 @@ def discover(
             warnings.simplefilter("ignore")
             items = [r.path for r in m.attribute_iter(items) if r.error is None and r.source == UNKNOWN]
         typer.echo(f"{len(items)} image(s) rejected as unknown")
-    emb, kept, errors = m.embed(items)
-    for e in errors.values():
-        typer.echo(f"skipped: {e}", err=True)
-    if len(kept) < 2:
-        typer.echo("error: need at least 2 readable images to cluster", err=True)
-        raise typer.Exit(2)
-    kept_paths = [items[i] for i in kept]
     try:
-        truth = true_labels(kept_paths, labels)
-        res = cluster(emb, k if k == "auto" else int(k), k_max=k_max, seed=seed)
+        res = disc.run(m, items, out, options)
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    errors = res.errors
+    for e in errors.values():
+        typer.echo(f"skipped: {e}", err=True)
+    if len(res.paths) < 2:
+        typer.echo("error: need at least 2 readable images to cluster", err=True)
+        raise typer.Exit(2)
+    kept_paths = res.paths
+    try:
+        truth = true_labels(kept_paths, labels)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    clustering = res.clustering
     metrics = None
     if truth is not None:
-        from osma.metrics import clustering_scores
-
-        codes = np.unique(truth, return_inverse=True)[1]  # class names -> integer codes
-        metrics = {key: (float(v) if isinstance(v, (float, np.floating)) else int(v))
-                   for key, v in clustering_scores(codes, res.labels).items()}
-    write_clusters(out, kept_paths, res, decode, metrics)
-    how = "auto (silhouette)" if k == "auto" else "given"
-    typer.echo(f"{len(kept)} image(s) in {res.k} cluster(s), k {how}; written to {out}/cluster_<k>/")
-    for c in range(res.k):
-        typer.echo(f"  cluster_{c}: {int((res.labels == c).sum())} image(s)")
+        inside = clustering.labels >= 0  # girish leaves images in no cluster (-1): scored over the clustered ones
+        metrics = score_clustering([t for t, i in zip(truth, inside) if i], clustering.labels[inside]) \
+            if inside.any() else None
+    if method == "kmeans":
+        write_clusters(out, kept_paths, clustering, decode, metrics)
+    else:
+        write_clusters(out, kept_paths, clustering, decode, metrics, method=disc.description,
+                       extra=res.summary)
+    if method == "kmeans":
+        how = "auto (silhouette)" if k == "auto" else "given"
+        typer.echo(f"{len(kept_paths)} image(s) in {clustering.k} cluster(s), k {how}; written to {out}/cluster_<k>/")
+    else:
+        for rec in res.summary.get("iterations", []):
+            typer.echo(f"iteration {rec['iteration']}: {rec['attributed_known']} attributed to known sources, "
+                       f"{rec['clustered']} clustered into {rec['clusters']}, {rec['after_merge']} after merging, "
+                       f"{rec['kept']} kept {rec['kept_sizes']}")
+        n_in = int((clustering.labels >= 0).sum())
+        typer.echo(f"{len(kept_paths)} image(s), {n_in} in {clustering.k} cluster(s); written to {out}/cluster_<k>/; "
+                   f"log {out}/discovery_log.jsonl; retrained model: {res.summary.get('model') or 'none'}")
+    for c in range(clustering.k):
+        typer.echo(f"  cluster_{c}: {int((clustering.labels == c).sum())} image(s)")
     if metrics:
         typer.echo("against the true labels: " + ", ".join(f"{key}={_fmt(v) if isinstance(v, float) else v}" for key, v in metrics.items()))
     if errors:

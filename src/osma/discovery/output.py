@@ -1,14 +1,10 @@
-"""Discovery: group images (typically those rejected as unknown) into candidate new sources.
+"""What every discovery method writes and reads: the cluster folders, ``assignments.tsv``,
+``clusters.json``, members lists and true-label files; and the score of a clustering.
 
-Method: k-means (scikit-learn, 10 restarts) on L2-normalised embeddings. When k is not
-given it is chosen by the silhouette score (cosine geometry, via the normalisation) over
-k = 2 .. min(``k_max``, n - 1); the k with the highest mean silhouette wins. One cluster
-(k = 1) is reported when the best silhouette stays below ``min_silhouette`` (no structure).
-
-Output layout of :func:`write_clusters`::
+Layout of :func:`write_clusters`::
 
     DIR/clusters.json            k, the silhouette curve, cluster sizes, metrics when labels known
-    DIR/assignments.tsv          path<TAB>cluster for every image
+    DIR/assignments.tsv          path<TAB>cluster for every clustered image (-1: in no cluster)
     DIR/cluster_<k>/members.txt  one absolute path per line (``osma enroll --from-cluster`` reads it)
     DIR/cluster_<k>/sheet.png    contact sheet of up to 64 members
 """
@@ -16,66 +12,29 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from osma.images.sheet import contact_sheet  # noqa: F401 - re-exported: osma.discovery.contact_sheet
+from osma.discovery.registry import Clustering
+from osma.images.sheet import contact_sheet
 
 MEMBERS_FILE = "members.txt"
 SHEET_FILE = "sheet.png"
+#: ``clusters.json``'s ``method`` entry of the default (k-means) discovery
+KMEANS_DESCRIPTION = "k-means on L2-normalised embeddings, k by silhouette"
 
 
-@dataclass
-class Clustering:
-    """Result of :func:`cluster`: ``labels`` (N,), chosen ``k``, silhouette per tried k."""
+def score_clustering(labels_true: Sequence[Any], labels_pred: ArrayLike) -> dict[str, float | int]:
+    """NMI, purity, ARI, cluster accuracy and the number of clusters of a clustering against
+    true labels (any hashable class names; :func:`osma.metrics.clustering_scores`)."""
+    from osma.metrics import clustering_scores
 
-    labels: np.ndarray
-    k: int
-    silhouettes: dict[int, float] = field(default_factory=dict)
-
-
-def cluster(
-    emb: np.ndarray,
-    k: int | str = "auto",
-    k_max: int = 12,
-    min_silhouette: float = 0.1,
-    seed: int = 0,
-) -> Clustering:
-    """Cluster embeddings with k-means on L2-normalised rows; ``k="auto"`` picks k by silhouette."""
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import silhouette_score
-
-    from osma.scores.base import l2_normalize
-
-    x = l2_normalize(emb)
-    n = len(x)
-    if n == 0:
-        raise ValueError("nothing to cluster: no embeddings")
-
-    def fit(kk: int) -> np.ndarray:
-        return KMeans(n_clusters=kk, n_init=10, random_state=seed).fit_predict(x)
-
-    if k != "auto":
-        kk = int(k)
-        if not 1 <= kk <= n:
-            raise ValueError(f"k must be between 1 and the number of images ({n}), got {kk}")
-        return Clustering(fit(kk) if kk > 1 else np.zeros(n, int), kk)
-    if n < 3:
-        return Clustering(np.zeros(n, int), 1)
-    sil: dict[int, float] = {}
-    fits: dict[int, np.ndarray] = {}
-    for kk in range(2, min(k_max, n - 1) + 1):
-        labels = fit(kk)
-        if len(np.unique(labels)) < 2:
-            continue
-        fits[kk] = labels
-        sil[kk] = float(silhouette_score(x, labels))
-    if not sil or max(sil.values()) < min_silhouette:
-        return Clustering(np.zeros(n, int), 1, sil)
-    best = max(sil, key=lambda kk: (sil[kk], -kk))
-    return Clustering(fits[best], best, sil)
+    codes = np.unique(np.asarray(labels_true), return_inverse=True)[1]  # class names -> integer codes
+    return {key: (float(v) if isinstance(v, (float, np.floating)) else int(v))
+            for key, v in clustering_scores(codes, np.asarray(labels_pred)).items()}
 
 
 def write_clusters(
@@ -85,8 +44,13 @@ def write_clusters(
     load: Callable[[str], np.ndarray],
     metrics: dict | None = None,
     max_sheet: int = 64,
+    method: str = KMEANS_DESCRIPTION,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write members lists, contact sheets, ``assignments.tsv`` and ``clusters.json`` to ``out_dir``."""
+    """Write members lists, contact sheets, ``assignments.tsv`` and ``clusters.json`` to ``out_dir``.
+
+    ``method`` is ``clusters.json``'s description of the method; ``extra`` entries are added to it.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sizes: dict[str, int] = {}
@@ -107,11 +71,12 @@ def write_clusters(
         for p, lab in zip(paths, result.labels):
             fh.write(f"{p}\t{int(lab)}\n")
     summary = {
-        "method": "k-means on L2-normalised embeddings, k by silhouette",
+        "method": method,
         "k": result.k,
         "silhouettes": {str(k): v for k, v in result.silhouettes.items()},
         "sizes": sizes,
         "metrics": metrics,
+        **(extra or {}),
     }
     (out / "clusters.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return out
