@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from osma.scores import centroid, energy, knn, mahalanobis, max_logit, msp  # noqa: F401 - registers them
+from osma.scores import centroid, energy, knn, mahalanobis, max_logit, msp, openmax  # noqa: F401 - registers them
 from osma.scores.base import (SCORES, Features, Prediction, Score, centroid_distances, class_statistics, l2_normalize,
                               register_score)
 
