@@ -3,6 +3,7 @@
 - ``softmax``: closed-set cross-entropy classifier (:mod:`osma.methods.softmax`)
 - ``pose``: POSE, CVPR 2023 (:mod:`osma.methods.pose`)
 - ``metric``: ProxyNCA++ + centroids, Fang et al. BMVC 2023 (:mod:`osma.methods.metric`)
+- ``proser``: PROSER placeholders, Zhou et al. CVPR 2021 (:mod:`osma.methods.proser`)
 
 A method registers itself with :func:`register_method`; that is enough for ``osma train``,
 the evaluation and the contract tests to pick it up. ``create_method(name, classes,
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from osma.methods import metric, pose, softmax  # noqa: F401 - registers the methods
+from osma.methods import metric, pose, proser, softmax  # noqa: F401 - registers the methods
 from osma.methods.base import Attributor, Prediction
 from osma.methods.metric import MetricMethod
 from osma.methods.network import NetworkMethod, NetworkOptions, Preprocess, read_bundle_json
