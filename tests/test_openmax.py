@@ -133,5 +133,9 @@ def test_needs_logits_and_enough_correct_images() -> None:
     with pytest.raises(ValueError, match="needs the logits"):
         s.fit(Features(np.zeros((4, 2), np.float32)), np.array([0, 0, 1, 1]), 2)
     lg = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]], np.float32)
-    with pytest.raises(ValueError, match="class 0 has 1 correctly classified"):
-        s.fit(Features(np.random.default_rng(0).normal(size=(4, 2)).astype(np.float32), lg), np.array([0, 0, 1, 1]), 2)
+    emb = np.random.default_rng(0).normal(size=(4, 2)).astype(np.float32)
+    with pytest.warns(UserWarning, match="class 0 are classified correctly"):
+        s.fit(Features(emb, lg), np.array([0, 0, 1, 1]), 2)
+    np.testing.assert_allclose(s.mavs[0].numpy(), [0.5, 0.5])  # both images of class 0 (shifted by their min)
+    with pytest.raises(ValueError, match="class 1 has 1"):
+        s.fit(Features(emb[:3], lg[:3]), np.array([0, 0, 1]), 2)

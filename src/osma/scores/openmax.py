@@ -48,12 +48,15 @@ Deliberate differences from the references:
   the unknown class, so a tail of half a small class (20 of 40) calls about a quarter of
   the knowns unknown. ``tail_fraction=1`` is ``tail_size`` alone, as the paper (libMR
   refuses a tail longer than the data; here it is cut to the data).
+* a class with fewer than 2 correctly classified training images (a barely trained
+  head) is fitted on all its training images, with a warning, instead of failing.
 
 Enrollment follows the other logit scores (:mod:`osma.scores.logit`): a nearer enrolled
 centroid (in d / sigma) takes the prediction; the knownness score stays OpenMax's.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -113,7 +116,8 @@ def fit_high(distances: np.ndarray, tail_size: int) -> tuple[float, float, float
 def w_score(distances: np.ndarray, weibull: np.ndarray) -> np.ndarray:
     """Weibull CDF of distances (N, C) under each class's (k, lambda, s) (C, 3)."""
     w = np.asarray(weibull, np.float64)
-    return weibull_min.cdf(np.asarray(distances, np.float64) + TRANSLATE - w[:, 2], w[:, 0], scale=w[:, 1])
+    with np.errstate(over="ignore"):  # far beyond the tail (x / lambda) ** k overflows: the CDF is 1
+        return weibull_min.cdf(np.asarray(distances, np.float64) + TRANSLATE - w[:, 2], w[:, 0], scale=w[:, 1])
 
 
 @register_score("openmax")
@@ -143,9 +147,14 @@ class OpenMax(LogitScore):
         mavs, weib = np.zeros((n_classes, n_classes)), np.zeros((n_classes, 3))
         for c in range(n_classes):
             a = av[correct & (labels == c)]
-            if len(a) < 2:
-                raise ValueError(f"score 'openmax': class {c} has {len(a)} correctly classified training image(s); "
-                                 "a Weibull fit needs at least 2")
+            if len(a) < 2:  # a barely trained head: fall back on all the class's images
+                a = av[labels == c]
+                if len(a) < 2:
+                    raise ValueError(f"score 'openmax': class {c} has {len(a)} training image(s); "
+                                     "a Weibull fit needs at least 2")
+                warnings.warn(f"score 'openmax': fewer than 2 training images of class {c} are classified correctly; "
+                              "its mean activation vector and Weibull model use all its images", UserWarning,
+                              stacklevel=2)
             mavs[c] = a.mean(0)
             d = activation_distances(a, mavs[c : c + 1], self.options.distance, self.options.eu_weight)[:, 0]
             weib[c] = fit_high(d, self.tail_length(len(d)))
