@@ -23,8 +23,9 @@ Defaults are the code's: ``lamb1`` 1 (its ``lamda2``), ``lamb2`` 0.01 (hard-code
 
 After training, :meth:`ProserMethod.finalize` calibrates the dummy: a bias b is added to
 the largest dummy logit so that a fraction ``accept`` (0.95) of the validation images of
-the known classes (the split's ``val`` list) have ``max known logit >= dummy + b``, as the
-paper describes. The default score ``placeholder`` (:mod:`osma.scores.placeholder`) is
+the known classes (the split's ``val`` list) have ``max known logit >= dummy + b``, the
+paper's validation calibration as we recall it (its text was not available here; the code
+has none). The default score ``placeholder`` (:mod:`osma.scores.placeholder`) is
 ``max known logit - (largest dummy logit + b)``; :meth:`logits` gives the C known logits
 only, so every logit score (msp, energy, openmax, ...) applies to a PROSER bundle, and the
 calibrated dummy logits reach scores as ``Features.unknown_logits`` (:meth:`unknown_logits`).
