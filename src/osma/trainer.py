@@ -131,6 +131,7 @@ class Trainer:
         eval_loader = m.loader(train, train=False)
         if m.opts.precise_bn:
             self.recompute_bn(eval_loader)
+        m.finalize(split)  # a method's post-training step on the split (default: nothing)
         emb, labels = m.embed_loader(eval_loader)
         m.fit_score(emb, labels)
         m.save(self.out)

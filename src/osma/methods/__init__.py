@@ -3,6 +3,10 @@
 - ``softmax``: closed-set cross-entropy classifier (:mod:`osma.methods.softmax`)
 - ``pose``: POSE, CVPR 2023 (:mod:`osma.methods.pose`)
 - ``metric``: ProxyNCA++ + centroids, Fang et al. BMVC 2023 (:mod:`osma.methods.metric`)
+- open-set recognition baselines: ``proser`` (Zhou et al. CVPR 2021), ``arpl`` (ARPL+CS,
+  Chen et al. TPAMI 2021), ``dias`` (Moon et al. ECCV 2022)
+- attribution baselines: ``prnu`` (Marra et al. 2019), ``dct_cnn`` (Frank et al. ICML 2020),
+  ``yu`` (Yu et al. ICCV 2019), ``dna_det`` (Yang et al. AAAI 2022), ``repmix`` (Bui et al. ECCV 2022)
 
 A method registers itself with :func:`register_method`; that is enough for ``osma train``,
 the evaluation and the contract tests to pick it up. ``create_method(name, classes,
@@ -17,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from osma.methods import arpl, dct_cnn, dias, dna_det, metric, pose, prnu, repmix, softmax, yu  # noqa: F401 - registers the methods
+from osma.methods import arpl, dct_cnn, dias, dna_det, metric, pose, prnu, proser, repmix, softmax, yu  # noqa: F401 - registers the methods
 from osma.methods.base import Attributor, Prediction
 from osma.methods.metric import MetricMethod
 from osma.methods.network import NetworkMethod, NetworkOptions, Preprocess, read_bundle_json

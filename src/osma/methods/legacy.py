@@ -70,6 +70,9 @@ def convert_tensors(new: Mapping[str, Any], tensors: Mapping[str, torch.Tensor])
         for k in ("centroids", "sigmas"):
             if k in tensors:
                 out[f"score.{k}"] = tensors[k]
-        if score in ("msp", "max_logit"):
+        from osma.scores import SCORES
+        from osma.scores.logit import LogitScore
+
+        if score in SCORES and issubclass(SCORES[score], LogitScore):  # every logit score keeps n_trained
             out["score.n_trained"] = torch.tensor(int(new["n_trained"]))
     return out

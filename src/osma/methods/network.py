@@ -259,13 +259,21 @@ class NetworkMethod(Attributor):
         """The classifier head's logits of embeddings (None: the method has no head)."""
         return None
 
+    def unknown_logits(self, emb: torch.Tensor) -> torch.Tensor | None:
+        """Logits (N, K) of the head's outputs for the unknown (PROSER's dummy classifiers),
+        apart from the known classes' :meth:`logits`; None: the head has none."""
+        return None
+
     @torch.no_grad()
     def features_of(self, emb: np.ndarray) -> Features:
-        """Embeddings -> what a score reads (embeddings and, with a head, logits)."""
+        """Embeddings -> what a score reads (embeddings and, with a head, logits and the
+        head's unknown logits if it has any)."""
         e = np.asarray(emb, np.float32).reshape(-1, self.opts.embed_dim)
         self.train_mode(False)
-        lg = self.logits(torch.from_numpy(e).to(self.device))
-        return Features(e, None if lg is None else lg.float().cpu().numpy())
+        t = torch.from_numpy(e).to(self.device)
+        lg, ul = self.logits(t), self.unknown_logits(t)
+        return Features(e, None if lg is None else lg.float().cpu().numpy(),
+                        None if ul is None else ul.float().cpu().numpy())
 
     def predict_embeddings(self, emb: np.ndarray) -> Prediction:
         """Score embeddings against the known (and enrolled) sources with the model's score."""
@@ -311,6 +319,11 @@ class NetworkMethod(Attributor):
 
     def end_epoch(self, ctx: Any) -> None:  # noqa: ANN401
         """Called after the last step of every epoch."""
+
+    def finalize(self, split: Any) -> None:  # noqa: ANN401 - osma.data.Split
+        """Called once after the last epoch (and precise-BN), before the score is fitted on
+        the training embeddings, with the whole split (e.g. PROSER calibrates its dummy
+        classifier on ``split.val``); nothing by default."""
 
     def epoch_state(self) -> dict[str, Any]:
         """Method state beyond modules/optimisers to checkpoint (e.g. POSE's augmentation models)."""

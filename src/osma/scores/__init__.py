@@ -7,6 +7,9 @@
 ``centroid``            -d / sigma to the nearest class centroid (Fang et al., metric's default)
 ``knn``                 -distance to the k-th nearest training embedding per class
 ``mahalanobis``         class means with a tied covariance (Lee et al. 2018)
+``openmax``             OpenMax on the logits: 1 - P(unknown) (Bendale and Boult 2016)
+``placeholder``         max known logit - calibrated dummy logit (PROSER, Zhou et al. 2021)
+``correlation``         normalised correlation with the class mean (PRNU fingerprints, Marra et al. 2019)
 ======================  ==========================================================
 
 ``create_score(name, options)`` builds one; ``SCORES`` is the registry. Adding a score is
@@ -17,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from osma.scores import centroid, correlation, energy, knn, mahalanobis, max_logit, msp  # noqa: F401 - registers them
+from osma.scores import centroid, correlation, energy, knn, mahalanobis, max_logit, msp, openmax, placeholder  # noqa: F401 - registers them
 from osma.scores.base import (SCORES, Features, Prediction, Score, centroid_distances, class_statistics, l2_normalize,
                               register_score)
 

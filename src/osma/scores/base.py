@@ -54,10 +54,13 @@ class Prediction:
 @dataclass
 class Features:
     """What a trained network gives a score: embeddings (N, D) and, for methods with a
-    classifier head, its logits (N, C_trained) (``None`` otherwise)."""
+    classifier head, its logits (N, C_trained) (``None`` otherwise). ``unknown_logits``
+    (N, K): logits of a head's outputs for the unknown, e.g. PROSER's calibrated dummy
+    classifiers (``None`` for heads without them); only scores that ask for them read them."""
 
     embedding: np.ndarray
     logits: np.ndarray | None = None
+    unknown_logits: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.embedding)

@@ -33,6 +33,11 @@ class LogitScore(Score):
         """(score (N,), pred (N,), class scores (N, C)) from float32 logits."""
         raise NotImplementedError
 
+    def from_features(self, feats: Features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(score, pred, class scores) of features: :meth:`from_logits` of the float32 logits
+        (a score that reads more of the head, as ``placeholder``, overrides this)."""
+        return self.from_logits(torch.from_numpy(np.asarray(feats.logits, np.float32)))
+
     def fit(self, train: Features, labels: np.ndarray, n_classes: int) -> None:
         cent, sig = class_statistics(train.embedding, labels, n_classes)
         self.centroids, self.sigmas = torch.from_numpy(cent), torch.from_numpy(sig)
@@ -42,8 +47,7 @@ class LogitScore(Score):
     def predict(self, feats: Features) -> Prediction:
         self.check(feats)
         e = np.asarray(feats.embedding, np.float32)
-        logits = torch.from_numpy(np.asarray(feats.logits, np.float32))
-        score, pred, cs = self.from_logits(logits)
+        score, pred, cs = self.from_features(feats)
         score, pred, cs = score.numpy().astype(np.float64), pred.numpy(), cs.numpy().astype(np.float64)
         n_enrolled = self.n_classes - self.n_trained
         if n_enrolled > 0:
