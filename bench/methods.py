@@ -32,13 +32,33 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-#: bench name -> (registry method, method options)
+#: bench name -> (registry method, method options). Options may hold two bench keys:
+#: ``init_from`` (the bench name of a run on the same split whose bundle the method starts
+#: from, e.g. PROSER fine-tunes the softmax classifier) and ``rescore`` (no training: the run
+#: of that bench name re-scored with the entry's ``score``, e.g. OpenMax on the softmax run).
 METHODS: dict[str, tuple[str, dict]] = {
     "softmax": ("softmax", {}),
     "pose-base": ("pose", {"variant": "base"}),
     "pose-am": ("pose", {"variant": "am"}),
     "pose": ("pose", {}),
     "metric": ("metric", {}),
+    # post-hoc scores on the softmax network (issue 13's cheap baselines, OpenMax)
+    "softmax+max_logit": ("softmax", {"rescore": "softmax", "score": "max_logit"}),
+    "softmax+energy": ("softmax", {"rescore": "softmax", "score": "energy"}),
+    "softmax+mahalanobis": ("softmax", {"rescore": "softmax", "score": "mahalanobis"}),
+    "softmax+knn": ("softmax", {"rescore": "softmax", "score": "knn"}),
+    "openmax": ("softmax", {"rescore": "softmax", "score": "openmax"}),
+    # open-set recognition methods (issue 13)
+    "proser": ("proser", {"init_from": "softmax"}),
+    "arpl": ("arpl", {"cs": False}),
+    "arpl+cs": ("arpl", {}),
+    "dias": ("dias", {}),
+    # attribution methods (issue 14)
+    "prnu": ("prnu", {}),
+    "dct_cnn": ("dct_cnn", {}),
+    "yu": ("yu", {}),
+    "dna_det": ("dna_det", {}),
+    "repmix": ("repmix", {}),
 }
 
 GROUPS = ("seed", "arch", "dataset", "all")
@@ -72,12 +92,23 @@ def run_one(data: Path, split: str, name: str, out: Path, *, epochs: int, device
     from osma.evaluation import evaluate
 
     method, options = METHODS[name]
+    options = dict(options)
+    rescore, init_from = options.pop("rescore", None), options.pop("init_from", None)
     run_dir = out / "runs" / split / name
     rep_dir = out / "reports" / split / name
     done = rep_dir / "report.json"
     if done.exists():
         print(f"[{split}/{name}] done, skipping", flush=True)
         return json.loads(done.read_text(encoding="utf-8"))
+    common = dict(epochs=epochs, device=device, seed=seed, batch_size=batch_size, train_options=train_options,
+                  plots=plots)
+    if rescore is not None:  # no training: the base run re-scored (trained first if needed)
+        base = run_one(data, split, rescore, out, **common)
+        return _rescore(data, split, name, out / "runs" / split / rescore, rep_dir, options.pop("score"), base,
+                        device=device, seed=seed, batch_size=batch_size, plots=plots)
+    if init_from is not None:
+        run_one(data, split, init_from, out, **common)
+        options["init_from"] = str(out / "runs" / split / init_from)
     marker = run_dir / "bench_train.json"  # written only once training finished
     if not marker.exists():
         resume = run_dir.exists() and any(run_dir.iterdir())
@@ -95,6 +126,22 @@ def run_one(data: Path, split: str, name: str, out: Path, *, epochs: int, device
     report = evaluate(attributor, load_split(data, split), rep_dir, batch_size=batch_size, seed=seed, plots=plots)
     report["bench"] = bench
     done.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def _rescore(data: Path, split: str, name: str, run_dir: Path, rep_dir: Path, score: str, base: dict, *,
+             device: str, seed: int, batch_size: int, plots: bool) -> dict:
+    """Evaluate the bundle in ``run_dir`` with ``score`` fitted on its training embeddings."""
+    from osma import methods
+    from osma.data import load_split
+    from osma.evaluation import evaluate_scores
+
+    print(f"[{split}/{name}] evaluating {run_dir.name} with score {score}", flush=True)
+    att = methods.load_attributor(run_dir, device)
+    report = evaluate_scores(att, load_split(data, split), [(score, None)], rep_dir, subdirs=False,
+                             batch_size=batch_size, seed=seed, plots=plots)[score]
+    report["bench"] = {**base.get("bench", {}), "rescored": run_dir.name}
+    (rep_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 
 

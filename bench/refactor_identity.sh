@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ZOO=$(realpath "$1"); REV=$2; OUT=$(realpath -m "$3"); SPLIT=${4:-split1}
-PY=$(realpath .venv/bin/python)
+PY="$PWD/.venv/bin/python"  # not realpath: the venv's python is a symlink to the system one
 BASE="$OUT/baseline-src"
 [ -d "$BASE" ] || git worktree add --detach "$BASE" "$REV" >/dev/null
 COMMON=(--splits "$SPLIT" --epochs 6 --option batches_per_epoch=20 --no-plots)
