@@ -179,3 +179,49 @@ def test_bad_sizes_are_rejected() -> None:
             create_backbone(name, in_size=8)
     with pytest.raises(ValueError, match="middle_blocks"):
         create_backbone("xception", in_size=32, middle_blocks=-1)
+
+
+# ---------------------------------------------------------------------------- bench/backbones.py
+def _bench_backbones():  # noqa: ANN202
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "backbones.py"
+    spec = importlib.util.spec_from_file_location("bench_backbones", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_metric_seconds_per_epoch(tmp_path: Path) -> None:
+    bench = _bench_backbones()
+    recs = [{"epoch": 1, "seconds": 10.0}, {"epoch": 2, "seconds": 3.0}, {"epoch": 3, "seconds": 9.0},
+            {"epoch": 3, "seconds": 5.0}]  # epoch 3 logged twice (a resumed run): the last counts
+    (tmp_path / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert bench.metric_seconds_per_epoch(tmp_path, 1) == pytest.approx((3.0 + 5.0) / 2)  # epoch 1 is pretraining
+    assert bench.metric_seconds_per_epoch(tmp_path, 0) == pytest.approx((10.0 + 3.0 + 5.0) / 3)
+    assert bench.metric_seconds_per_epoch(tmp_path / "none", 0) is None
+
+
+def test_bench_backbones_end_to_end(micro_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Both variants of one backbone train, evaluate and fill the table; a re-run skips them."""
+    bench = _bench_backbones()
+    out = tmp_path / "bench"
+    args = [str(micro_zoo), "--splits", "split1", "--backbones", "camid_cnn", "--epochs", "1", "--pretrain-epochs", "1",
+            "--out", str(out), "--device", "cpu", "--no-plots",
+            *[f"--option={k}={v}" for k, v in FAST.items() if k not in ("device", "progress")]]
+    assert bench.main(args) == 0
+    table = json.loads((out / "table.json").read_text())
+    assert set(table["backbones"]) == {"camid_cnn", "camid_cnn-pretrain"}
+    for row in table["backbones"].values():
+        assert list(row) == list(bench.HEADERS) and all(row[h]["n"] == 1 for h in ("aF1-CRR AUC", "aF1", "CRR"))
+        assert row["s/epoch"]["mean"] > 0
+    logs = {n: [json.loads(x) for x in (out / "runs" / "split1" / n / "train_log.jsonl").read_text().splitlines()]
+            for n in table["backbones"]}
+    assert [("loss_pretext" in r) for r in logs["camid_cnn-pretrain"]] == [True, False]  # pretext, then metric
+    assert [("loss_pretext" in r) for r in logs["camid_cnn"]] == [False]
+    assert "| camid_cnn-pretrain |" in (out / "table.md").read_text()
+    capsys.readouterr()
+    assert bench.main(args) == 0
+    assert capsys.readouterr().out.count("done, skipping") == 2
+    with pytest.raises(SystemExit):
+        bench.main([str(micro_zoo), "--backbones", "no_such_net", "--out", str(out)])
