@@ -85,13 +85,18 @@ def _get(d: dict, path: tuple[str, ...]) -> float | None:
 
 
 def run_one(data: Path, split: str, name: str, out: Path, *, epochs: int, device: str, seed: int,
-            batch_size: int, train_options: dict, plots: bool = True) -> dict:
-    """Train (or resume, or skip) one method on one split, evaluate it and return the report."""
+            batch_size: int, train_options: dict, plots: bool = True,
+            spec: tuple[str, dict] | None = None) -> dict:
+    """Train (or resume, or skip) one method on one split, evaluate it and return the report.
+
+    ``spec`` (registry method, method options) replaces ``METHODS[name]`` (other bench
+    scripts name their own variants, e.g. bench/backbones.py).
+    """
     from osma import methods
     from osma.data import load_split
     from osma.evaluation import evaluate
 
-    method, options = METHODS[name]
+    method, options = spec if spec is not None else METHODS[name]
     options = dict(options)
     rescore, init_from = options.pop("rescore", None), options.pop("init_from", None)
     run_dir = out / "runs" / split / name
@@ -145,12 +150,12 @@ def _rescore(data: Path, split: str, name: str, run_dir: Path, rep_dir: Path, sc
     return report
 
 
-def summarize(reports: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, float | int | None]]]:
-    """Per method and column: mean, std (sample std, 0 for one split) and number of splits."""
+def summarize(reports: dict[str, list[dict]], columns: list | None = None) -> dict[str, dict[str, dict[str, float | int | None]]]:
+    """Per method and column (default :data:`COLUMNS`): mean, std (sample std, 0 for one split) and number of splits."""
     table: dict[str, dict[str, dict[str, float | int | None]]] = {}
     for name, reps in reports.items():
         row = {}
-        for header, path, _ in COLUMNS:
+        for header, path, _ in columns or COLUMNS:
             vals = np.array([v for v in (_get(r, path) for r in reps) if v is not None], float)
             row[header] = {
                 "mean": float(vals.mean()) if len(vals) else None,
@@ -161,14 +166,15 @@ def summarize(reports: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, f
     return table
 
 
-def to_markdown(table: dict, splits: list[str]) -> str:
+def to_markdown(table: dict, splits: list[str], columns: list | None = None, label: str = "method") -> str:
     """The summary as a markdown table; fractions shown in %, mean ± std over splits."""
-    head = "| method | " + " | ".join(h for h, _, _ in COLUMNS) + " |"
+    columns = columns or COLUMNS
+    head = f"| {label} | " + " | ".join(h for h, _, _ in columns) + " |"
     lines = [f"Mean ± std over {len(splits)} split(s) ({', '.join(splits)}); metrics in %.", "",
-             head, "|---|" + "---:|" * len(COLUMNS)]
+             head, "|---|" + "---:|" * len(columns)]
     for name, row in table.items():
         cells = []
-        for header, _, frac in COLUMNS:
+        for header, _, frac in columns:
             c = row[header]
             if c["mean"] is None:
                 cells.append("–")

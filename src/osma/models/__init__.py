@@ -11,7 +11,7 @@ multiplier) exists so tests can run tiny versions of each network.
 """
 from __future__ import annotations
 
-from osma.models import frank_cnn, mislnet, resnet18, simple_cnn, yu_net  # noqa: F401 - registers the backbones
+from osma.models import camid_cnn, frank_cnn, mislnet, resnet18, resnet50, simple_cnn, srnet, xception, yu_net  # noqa: F401 - registers the backbones
 from osma.models.inputs import INPUTS, InputTransform, create_input, pixels_to_input, register_input, to_model_input, to_pixels
 from osma.models.mislnet import MISLNet, ConstrainedConv2d, constrain
 from osma.models.registry import BACKBONES, create_backbone, register_backbone
