@@ -42,7 +42,7 @@ def train_cmd(
     method: str = typer.Option("pose", "--method", help="A registered method: softmax, pose, metric, ..."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory: bundle, checkpoints/, train_log.jsonl."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (method default if omitted)."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="simple_cnn, mislnet or resnet18."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Embedding network, a name of osma.models.BACKBONES (simple_cnn, mislnet, resnet18, xception, ...)."),
     input: Optional[str] = typer.Option(None, "--input", help="Network input: rgb, dct or logdct."),  # noqa: A002
     crop: Optional[int] = typer.Option(None, "--crop", help="Crop size in pixels (default 32, the zoo's image size)."),
     resize: Optional[int] = typer.Option(None, "--resize", help="Resize images to this square size before cropping."),
