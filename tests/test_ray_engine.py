@@ -99,3 +99,16 @@ def test_ray_jsonl_shards_are_the_jsonl_lines(micro_model: Path, micro_zoo: Path
     lines = "".join(p.read_text() for p in sorted((tmp_path / "ray").glob("part-*.jsonl")))
     assert lines == (tmp_path / "local.jsonl").read_text()
     assert os.path.isfile(tmp_path / "ray" / "plan.json")
+
+
+def test_evaluate_embedding_pass_on_ray_gives_the_same_report(micro_model: Path, micro_zoo: Path, tmp_path: Path,
+                                                              local_ray: None) -> None:
+    runner = CliRunner()
+    common = ["evaluate", str(micro_model), "--data", str(micro_zoo), "--split", "split1", "--no-plots",
+              "--device", "cpu", "--batch-size", "16"]
+    for name, extra in (("local", []), ("ray", ["--engine", "ray", "--workers", "2"])):
+        r = runner.invoke(app, [*common, *extra, "--out", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+    a, b = (json.loads((tmp_path / n / "report.json").read_text()) for n in ("local", "ray"))
+    keys = ("closed_set", "open_set", "fang", "clustering", "counts", "unknown_classes")
+    assert {k: a[k] for k in keys} == {k: b[k] for k in keys}

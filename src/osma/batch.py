@@ -262,7 +262,114 @@ def attribute_ray(
     return summary
 
 
+# --- the embedding pass of an evaluation on Ray -----------------------------------------
+class ChunkEmbedder:
+    """Ray actor: loads the bundle once, then embeds one chunk of paths per call (the same
+    loop as the single-process evaluation, :func:`osma.attribution.embed_batches`)."""
+
+    def __init__(self, bundle: str, batch_size: int, device: str) -> None:
+        from osma.attribution import load
+
+        self.attributor = load(bundle, device=device).attributor
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        from osma.attribution import embed_batches
+
+        out: dict[str, list] = {"start": [], "kept": [], "errors": [], "emb": [], "dim": []}
+        for start, paths in zip(batch["start"], batch["paths"]):
+            kept, embs, errors = [], [], {}
+            for idx, emb, errs in embed_batches(self.attributor, list(paths), self.batch_size):
+                errors.update(errs)
+                if idx:
+                    kept += idx
+                    embs.append(np.asarray(emb, np.float32))
+            e = np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)
+            out["start"].append(int(start))
+            out["kept"].append(json.dumps(kept))
+            out["errors"].append(json.dumps({str(k): v for k, v in errors.items()}))
+            out["emb"].append(e.tobytes())
+            out["dim"].append(int(e.shape[1]) if e.ndim == 2 else 0)
+        return {"start": np.asarray(out["start"]), "kept": np.asarray(out["kept"], dtype=object),
+                "errors": np.asarray(out["errors"], dtype=object), "emb": np.asarray(out["emb"], dtype=object),
+                "dim": np.asarray(out["dim"])}
+
+
+def embed_paths_ray(model: str | os.PathLike, paths: Sequence[str], *, address: str | None = None, workers: int = 1,
+                    gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0, batch_size: int = 64,
+                    chunk_size: int = 1024) -> tuple[Any, list[int], dict[int, str]]:
+    """Embed ``paths`` on a Ray actor pool (each actor loads the model once); returns
+    (embeddings of the readable images, their indices into ``paths``, {index: error})."""
+    import numpy as np
+
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--engine ray needs Ray: pip install 'osma[ray]'") from None
+    from osma.attribution import find_bundle
+
+    bundle = find_bundle(model).resolve()
+    paths = list(paths)
+    if not paths:
+        return np.zeros((0, 0), np.float32), [], {}
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    chunks = [{"start": s, "paths": paths[s:s + chunk_size]} for s in range(0, len(paths), chunk_size)]
+    res = ray.data.from_items(chunks, override_num_blocks=len(chunks)).map_batches(
+        ChunkEmbedder, batch_size=1, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=min(workers, len(chunks))),
+        fn_constructor_kwargs=dict(bundle=str(bundle), batch_size=batch_size,
+                                   device="cuda" if gpus_per_worker > 0 else "cpu"),
+        num_cpus=cpus_per_worker, **({"num_gpus": gpus_per_worker} if gpus_per_worker > 0 else {}),
+    ).take_all()
+    kept: list[int] = []
+    embs: list[Any] = []
+    errors: dict[int, str] = {}
+    for r in sorted(res, key=lambda r: int(r["start"])):
+        s = int(r["start"])
+        kept += [s + i for i in json.loads(r["kept"])]
+        errors.update({s + int(k): v for k, v in json.loads(r["errors"]).items()})
+        if int(r["dim"]):
+            embs.append(np.frombuffer(r["emb"], np.float32).reshape(-1, int(r["dim"])))
+    return (np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)), kept, errors
+
+
+def split_outputs_ray(attributor: Any, split: Any, model: str | os.PathLike, **kw: Any) -> Any:  # noqa: ANN401
+    """:func:`osma.evaluation.embed_split` with the embedding pass on Ray: every evaluation
+    image of ``split`` (val, known test, unknown groups) embedded once by
+    :func:`embed_paths_ray`; predictions and scores are then computed here from the
+    embeddings, as :func:`osma.evaluation.evaluate` does with precomputed outputs."""
+    import time
+
+    import numpy as np
+
+    from osma.data import UNKNOWN_GROUPS
+    from osma.evaluation import Outputs, SplitOutputs, rescore
+
+    parts = {"val": list(split.val), "test": list(split.test),
+             **{g: list(split.test_out.get(g, [])) for g in UNKNOWN_GROUPS}}
+    samples = [s for v in parts.values() for s in v]
+    t0 = time.perf_counter()
+    emb, kept, errors = embed_paths_ray(model, [str(s.path) for s in samples], **kw)
+    row = {i: j for j, i in enumerate(kept)}
+    seconds = time.perf_counter() - t0
+    outs: dict[str, Any] = {}
+    offset = 0
+    for name, ss in parts.items():
+        idx = [offset + i for i in range(len(ss)) if offset + i in row]
+        failed = [(str(samples[offset + i].path), errors[offset + i]) for i in range(len(ss)) if offset + i in errors]
+        e = emb[[row[i] for i in idx]] if idx else np.zeros((0, emb.shape[1] if emb.ndim == 2 else 0), np.float32)
+        o = Outputs([str(samples[i].path) for i in idx], [str(samples[i].label) for i in idx],
+                    np.zeros(len(idx), np.int64), np.zeros(len(idx)), e, failed, seconds)
+        outs[name] = rescore(attributor, o, kw.get("batch_size", 64))
+        offset += len(ss)
+    return SplitOutputs(outs["val"], outs["test"], {g: outs[g] for g in UNKNOWN_GROUPS})
+
+
 __all__ = [
-    "FORMATS", "LIST_SUFFIXES", "ShardAttributor", "attribute_ray", "columns", "flat_row", "make_plan",
+    "FORMATS", "LIST_SUFFIXES", "ChunkEmbedder", "ShardAttributor", "attribute_ray", "columns", "embed_paths_ray",
+    "flat_row", "make_plan", "split_outputs_ray",
     "nested_row", "parse_shard", "read_inputs", "read_rows", "shard", "shard_path", "write_shard",
 ]
