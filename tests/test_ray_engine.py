@@ -71,6 +71,9 @@ def test_ray_rows_equal_single_process_and_resume(micro_model: Path, micro_zoo: 
     parts = sorted(out.glob("part-*.parquet"))
     assert len(parts) == 5  # ceil(301 / 64)
     assert read_rows(out) == expected
+    import pyarrow.parquet as pq  # the directory reads as one table (_plan.json and temporary files skipped)
+
+    assert pq.read_table(out).num_rows == N_IMAGES + 1
 
     # a killed job: one shard lost, a temporary file left behind; the re-run redoes that shard only
     parts[2].unlink()
@@ -98,7 +101,7 @@ def test_ray_jsonl_shards_are_the_jsonl_lines(micro_model: Path, micro_zoo: Path
     assert r.exit_code == 0, r.output
     lines = "".join(p.read_text() for p in sorted((tmp_path / "ray").glob("part-*.jsonl")))
     assert lines == (tmp_path / "local.jsonl").read_text()
-    assert os.path.isfile(tmp_path / "ray" / "plan.json")
+    assert os.path.isfile(tmp_path / "ray" / "_plan.json")
 
 
 def test_evaluate_embedding_pass_on_ray_gives_the_same_report(micro_model: Path, micro_zoo: Path, tmp_path: Path,

@@ -2,7 +2,7 @@
 Ray Data engine (``osma attribute MODEL INPUTS --engine ray --out DIR``).
 
 The Ray engine splits the inputs into numbered shards of ``shard_size`` paths, in input
-order (``plan.json`` records the split), and runs ``map_batches`` over the shards with an
+order (``_plan.json`` records the split), and runs ``map_batches`` over the shards with an
 actor pool: each actor loads the bundle once and attributes one shard per call, in batches
 of ``batch_size`` through the same loop as the single-process ``osma attribute``
 (:meth:`osma.attribution.Model.attribute_iter`), and writes ``part-<shard>.parquet`` (or
@@ -27,7 +27,7 @@ from typing import Any
 #: an explicitly named file with one of these suffixes is a list of inputs, one per line
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 FORMATS = ("parquet", "jsonl")
-PLAN = "plan.json"
+PLAN = "_plan.json"  # "_": pyarrow and pandas skip it when reading the directory as one table
 
 
 def read_inputs(inputs: Iterable[str | os.PathLike], skipped: list[tuple[str, str]] | None = None) -> list[str]:
@@ -154,7 +154,7 @@ def _digest(items: Sequence[str]) -> str:
 
 def make_plan(out_dir: Path, items: Sequence[str], *, shard_size: int, fmt: str, bundle: Path,
               sources: Sequence[str], tau: float | None) -> dict[str, Any]:
-    """Write ``plan.json`` (or check that an existing one describes the same job: then the
+    """Write ``_plan.json`` (or check that an existing one describes the same job: then the
     shards already written are kept). A different job in the same directory is an error."""
     plan = {"inputs": len(items), "sha256": _digest(items), "shard_size": int(shard_size), "format": fmt,
             "model": str(bundle), "sources": list(sources), "tau": tau,
