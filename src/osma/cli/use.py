@@ -149,8 +149,8 @@ def _progress(total: int, enabled: bool):  # noqa: ANN202 - tqdm
 def attribute(
     model: str = typer.Argument(..., help="Model bundle or training run directory."),
     paths: list[str] = typer.Argument(..., help="Image files, directories (recursive) or globs."),
-    format: Optional[str] = typer.Option(None, "--format", "-f", help="table, jsonl or csv (default: table, or from --out's suffix)."),  # noqa: A002
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Append results to FILE as they come; a re-run resumes."),
+    format: Optional[str] = typer.Option(None, "--format", "-f", help="table, jsonl or csv (default: table, or from --out's suffix); --engine ray: parquet (default) or jsonl."),  # noqa: A002
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Append results to FILE as they come; a re-run resumes (--engine ray: a directory of shard files)."),
     tau: Optional[float] = typer.Option(None, "--tau", help="Threshold (default: the bundle's calibrated tau)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
