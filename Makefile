@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[dev]"
+	# constrained to the torch just installed, so that no extra (ray) can pull another one
+	echo "torch==2.13.0" > $(VENV)/torch-constraint.txt
+	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[dev,ray]"
 	# a pretrained DCGAN (weights inside the wheel) used as a zoo generator trained elsewhere;
 	# --no-deps: its declared torchvision/requests are not needed by the generator module.
 	$(PY) -m pip install -q --no-deps "gan-face-generate==1.1.1"

@@ -327,15 +327,18 @@ def evaluate_scores(
     out_dir: str | Path | None = None,
     *,
     subdirs: bool = True,
+    outputs: SplitOutputs | None = None,
     **kwargs: Any,  # noqa: ANN401
 ) -> dict[str, dict]:
     """One report per score on the same network: the split is embedded once, each score
     fitted on the training embeddings (evaluation patches, as training's own fit) and
     evaluated. ``(name, None)`` for the model's own score keeps its fitted state.
     Reports go to ``out_dir/<score>/`` when ``out_dir`` is given (to ``out_dir`` itself
-    with ``subdirs=False``, for a single score)."""
+    with ``subdirs=False``, for a single score). ``outputs``: the split already embedded
+    (e.g. on Ray, :func:`osma.batch.split_outputs_ray`)."""
     _check_classes(attributor, split)
-    outs = embed_split(attributor, split, batch_size=kwargs.get("batch_size", 64), progress=kwargs.get("progress", False))
+    outs = outputs if outputs is not None else embed_split(
+        attributor, split, batch_size=kwargs.get("batch_size", 64), progress=kwargs.get("progress", False))
     reports: dict[str, dict] = {}
     train: tuple[np.ndarray, np.ndarray] | None = None
     for name, options in scores:

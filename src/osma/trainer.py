@@ -10,6 +10,10 @@ Exact resume: at the start of epoch ``e`` every random generator is re-seeded fr
 a deterministic function of the state at its start; the checkpoint written after each
 epoch (modules, optimisers, schedulers, epoch, method state; safetensors + JSON) is that
 state, and ``checkpoints/config.json`` the configuration it was trained with.
+
+Data-parallel (under ``torchrun``, :mod:`osma.distributed`): every rank trains on its share
+of each global batch with gradients averaged before every optimiser step; only rank 0
+writes the checkpoints, the log and the bundle; the final embedding pass is sharded.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from osma import distributed as dist
 from osma.methods.state import load_state, save_state
 from osma.runtime import seed_everything
 
@@ -52,6 +57,9 @@ class Trainer:
         m = self.method
         ckdir = self.out / "checkpoints"
         ckdir.mkdir(parents=True, exist_ok=True)
+        world, main = dist.world_size(), dist.is_main()
+        share = (dist.rank(), world) if world > 1 else None
+        progress = self.progress and main
         n_epochs, seed = m.total_epochs(), m.opts.seed
         train = list(split.train)
         if not train:
@@ -60,7 +68,7 @@ class Trainer:
         m.training.train_counts = {c: int(n) for c, n in zip(m.classes, counts)}
         m.training.data, m.training.split = data, getattr(split, "name", None)
         bpe = m.opts.batches_per_epoch
-        balanced = m.loader(train, train=True, per_class=m.opts.per_class, batches=bpe)
+        balanced = m.loader(train, train=True, per_class=m.opts.per_class, batches=bpe, share=share)
         other_loaders: dict[int, Any] = {}
         opts = m.optimizers()
         scheds = m.schedulers(opts)
@@ -69,23 +77,28 @@ class Trainer:
         last = sorted(ckdir.glob("epoch_*.json")) if resume else []
         if last:
             start = self._load_checkpoint(last[-1].with_suffix(""), opts, scheds)
-            if self.progress:
+            if progress:
                 print(f"resuming after epoch {start} ({last[-1].with_suffix('')})")
-            if log_path.exists():  # drop log lines of epochs after the checkpoint
+            if main and log_path.exists():  # drop log lines of epochs after the checkpoint
                 lines = [ln for ln in log_path.read_text(encoding="utf-8").splitlines()
                          if ln.strip() and json.loads(ln).get("epoch", 0) <= start]
                 log_path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
         else:
-            for f in ckdir.glob("epoch_*"):
+            for f in ckdir.glob("epoch_*") if main else ():
                 f.unlink()
-            log_path.unlink(missing_ok=True)
+            if main:
+                log_path.unlink(missing_ok=True)
             if m.opts.init_from:
                 copied = m.init_weights_from(m.opts.init_from)
-                if self.progress:
+                if progress:
                     print(f"initialised {', '.join(copied)} from {m.opts.init_from}")
             if m.input.needs_fit:
                 m.input.fit(m.input_tensor(b[0]) for b in m.loader(train, train=False))
-        (ckdir / "config.json").write_text(json.dumps(self.configuration(), indent=2) + "\n", encoding="utf-8")
+        dist.barrier()  # every rank has read the checkpoint and config.json before rank 0 rewrites them
+        if main:
+            (ckdir / "config.json").write_text(json.dumps(self.configuration(), indent=2) + "\n", encoding="utf-8")
+        dist.broadcast_modules(m.modules().values())
+        dist.average_gradients(True)  # before every optimiser step (no-op when not distributed)
         for epoch in range(start, n_epochs):
             seed_everything(seed * 100_003 + epoch)
             alt = m.epoch_samples(epoch, train)
@@ -95,17 +108,20 @@ class Trainer:
                 key = hash(tuple(str(s.path) for s in alt))
                 if key not in other_loaders:
                     other_loaders.clear()
-                    other_loaders[key] = m.loader(alt, train=True, batch_size=m.opts.per_class * m.n_train)
+                    other_loaders[key] = m.loader(alt, train=True, batch_size=m.opts.per_class * m.n_train,
+                                                  share=share)
                 loader = other_loaders[key]
             loader.set_epoch(epoch)
             m.train_mode(True)
             t0 = time.perf_counter()
             ctx = StepContext(epoch, opts, scheds)
             m.begin_epoch(ctx)
+            # modules a method creates per epoch (POSE's augmentation model): rank 0's everywhere
+            dist.broadcast_modules(v for v in ctx.state.values() if isinstance(v, nn.Module))
             sums: dict[str, float] = {}
             n = 0
             bar = None
-            if self.progress:
+            if progress:
                 from tqdm import tqdm
 
                 bar = tqdm(total=len(loader), desc=f"{m.method} epoch {epoch + 1}/{n_epochs}", dynamic_ncols=True)
@@ -123,18 +139,37 @@ class Trainer:
                 bar.close()
             record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - t0, 3), "batches": n,
                       **{k: v / max(n, 1) for k, v in sums.items()}}
-            with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-            self._save_checkpoint(ckdir / f"epoch_{epoch + 1:04d}", epoch + 1, opts, scheds)
+            if share is not None:  # the global batch's losses: the ranks' equal-share means averaged
+                record.update(dist.all_mean({k: v / max(n, 1) for k, v in sums.items()}), processes=world)
+                dist.average_buffers(m.modules().values())
+                dist.check_in_sync(m.modules())
+            if main:
+                with open(log_path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                self._save_checkpoint(ckdir / f"epoch_{epoch + 1:04d}", epoch + 1, opts, scheds)
+        dist.average_gradients(False)
         seed_everything(seed * 100_003 + n_epochs + 7)
         m.training.epochs_done, m.training.resumed_from = n_epochs, (start if resume else None)
         eval_loader = m.loader(train, train=False)
-        if m.opts.precise_bn:
+        if m.opts.precise_bn:  # on every rank (the same result everywhere)
             self.recompute_bn(eval_loader)
-        m.finalize(split)  # a method's post-training step on the split (default: nothing)
-        emb, labels = m.embed_loader(eval_loader)
+        m.finalize(split)  # a method's post-training step on the split (default: nothing; every rank)
+        emb, labels = m.embed_loader(eval_loader) if share is None else self._embed_sharded(train)
         m.fit_score(emb, labels)
-        m.save(self.out)
+        if main:
+            m.save(self.out)
+        dist.barrier()
+
+    def _embed_sharded(self, train: list) -> tuple[np.ndarray, np.ndarray]:
+        """Training embeddings for the score fit: each rank embeds one contiguous block, all
+        ranks receive them all, in the single-process order."""
+        m = self.method
+        r, w = dist.rank(), dist.world_size()
+        block = train[r * len(train) // w:(r + 1) * len(train) // w]
+        mine = m.embed_loader(m.loader(block, train=False)) if block else (
+            np.zeros((0, m.opts.embed_dim), np.float32), np.zeros(0, np.int64))
+        parts = dist.all_gather(mine)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def configuration(self) -> dict[str, Any]:
         """What ``checkpoints/config.json`` records: the run's configuration."""

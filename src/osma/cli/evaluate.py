@@ -21,6 +21,10 @@ def evaluate(
     score: Optional[list[str]] = typer.Option(
         None, "--score", help="Evaluate with this knownness score, NAME or NAME:KEY=VALUE,... (repeatable: one "
         "report each in OUT/<score>/ and a table in OUT/scores.md); default: the model's own."),
+    engine: str = typer.Option("local", "--engine", help="Embedding pass: local (this process) or ray (Ray Data actors)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (--engine ray; default: a local Ray instance)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Ray actors, each loading the model once (--engine ray)."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per Ray actor (--engine ray)."),
 ) -> None:
     """Evaluate a trained model on a split: closed-set, open-set, aF1/CRR, clustering, plots."""
     from osma.attribution import find_bundle
@@ -36,10 +40,18 @@ def evaluate(
         attributor = load_attributor(find_bundle(run), device)
         sp = load_split(data, split, root=root)
         kw = dict(batch_size=batch_size, tpr=tpr, plots=plots, seed=seed, progress=True)
+        if engine not in ("local", "ray"):
+            raise ValueError(f"--engine {engine!r}: use local or ray")
+        outs = None
+        if engine == "ray":  # the embedding pass on the attribution engine's actor pool
+            from osma.batch import split_outputs_ray
+
+            outs = split_outputs_ray(attributor, sp, run, address=address, workers=workers,
+                                     gpus_per_worker=gpus_per_worker, batch_size=batch_size)
         if specs:
-            reports = evaluate_scores(attributor, sp, specs, out, subdirs=len(specs) > 1, **kw)
+            reports = evaluate_scores(attributor, sp, specs, out, subdirs=len(specs) > 1, outputs=outs, **kw)
         else:
-            reports = {attributor.score.name: run_evaluation(attributor, sp, out, **kw)}
+            reports = {attributor.score.name: run_evaluation(attributor, sp, out, outputs=outs, **kw)}
     except (FileNotFoundError, ValueError) as exc:  # bad bundle, data list, split, score or class mismatch
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

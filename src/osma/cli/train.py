@@ -2,6 +2,7 @@
 ``osma rescore`` (give a trained bundle another knownness score without retraining)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -94,6 +95,8 @@ def train_cmd(
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 reports
+        return
     typer.echo(
         f"trained {method} ({att.opts.backbone}, {att.pre.input} input, crop {att.pre.crop}, score {att.score.name}) "
         f"on {split}: {len(att.classes)} known sources, {att.training.epochs_done} epoch(s); bundle in {out}"

@@ -149,30 +149,60 @@ def _progress(total: int, enabled: bool):  # noqa: ANN202 - tqdm
 def attribute(
     model: str = typer.Argument(..., help="Model bundle or training run directory."),
     paths: list[str] = typer.Argument(..., help="Image files, directories (recursive) or globs."),
-    format: Optional[str] = typer.Option(None, "--format", "-f", help="table, jsonl or csv (default: table, or from --out's suffix)."),  # noqa: A002
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Append results to FILE as they come; a re-run resumes."),
+    format: Optional[str] = typer.Option(None, "--format", "-f", help="table, jsonl or csv (default: table, or from --out's suffix); --engine ray: parquet (default) or jsonl."),  # noqa: A002
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Append results to FILE as they come; a re-run resumes (--engine ray: a directory of shard files)."),
     tau: Optional[float] = typer.Option(None, "--tau", help="Threshold (default: the bundle's calibrated tau)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on for more than one batch)."),
+    shard_spec: Optional[str] = typer.Option(
+        None, "--shard", help="I/N: attribute only part I of N of the inputs (1-based; contiguous parts in input "
+        "order; 1/N..N/N together cover every input once), e.g. one Slurm array task each."),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data actors; --out is then a directory)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (--engine ray; default: a local Ray instance)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Ray actors, each loading the model once (--engine ray)."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per Ray actor; > 0 runs on CUDA (--engine ray)."),
+    shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per output shard file (--engine ray)."),
 ) -> None:
     """Attribute images to their source model (or 'unknown').
 
+    INPUTS are image files, directories (recursive), globs, and text files (*.txt, *.lst,
+    *.list) listing such inputs one per line. With --engine ray, results go to Parquet (or
+    --format jsonl) shard files in the --out directory; a re-run skips the shards written.
+
     Exit status: 0 when every image was attributed, 1 when any could not be read.
     """
-    from osma.attribution import expand_paths
+    from osma.batch import parse_shard, read_inputs, shard
 
-    fmt = _fmt_from(out, format)
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter("--engine must be local or ray")
+    if engine == "ray":
+        if out is None:
+            raise typer.BadParameter("--engine ray needs --out DIR")
+        fmt = format or "parquet"
+        if fmt not in ("parquet", "jsonl"):
+            raise typer.BadParameter("--engine ray writes --format parquet or jsonl")
+    else:
+        fmt = _fmt_from(out, format)
     m = _load_model(model, device)
     if m.tau is None and tau is None:
         typer.echo("warning: model not calibrated (no tau): nothing is rejected as unknown; run `osma calibrate`", err=True)
     skipped_entries: list[tuple[str, str]] = []
-    items = expand_paths(paths, skipped_entries)
+    items = read_inputs(paths, skipped_entries)
     if skipped_entries:
         typer.echo(_skipped_summary(skipped_entries), err=True)
+    if shard_spec is not None:
+        try:
+            items = shard(items, *parse_shard(shard_spec))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
     if not items:
-        typer.echo("error: no images found in the given paths", err=True)
+        typer.echo("error: no images found in the given paths" + (f" (shard {shard_spec})" if shard_spec else ""), err=True)
         raise typer.Exit(2)
+    if engine == "ray":
+        _attribute_ray(model, items, out, fmt=fmt, tau=tau, batch_size=batch_size, address=address,
+                       workers=workers, gpus_per_worker=gpus_per_worker, shard_size=shard_size)
+        return
     prior_errors = 0
     header: Optional[list[str]] = None
     fh = None
@@ -235,6 +265,21 @@ def attribute(
                    + (f"; results in {out}" if out is not None else ""), err=True)
     if n_err + prior_errors:
         typer.echo(f"{n_err + prior_errors} image(s) could not be read", err=True)
+        raise typer.Exit(1)
+
+
+def _attribute_ray(model: str, items: list[str], out: Path, **kw: Any) -> None:  # noqa: ANN401
+    from osma.batch import attribute_ray
+
+    try:
+        res = attribute_ray(model, items, out, **kw)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{len(items)} image(s) in {res['shards']} shard(s): {res['skipped']} shard(s) already written, "
+               f"{res['rows']} image(s) attributed now; results in {res['out']}", err=True)
+    if res["errors"]:
+        typer.echo(f"{res['errors']} image(s) could not be read", err=True)
         raise typer.Exit(1)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 from torch.utils.data import default_collate, get_worker_info
 
 from osma.images.decode import MAX_PIXELS, ImageError, load_image
@@ -90,6 +90,34 @@ class BalancedBatchSampler(Sampler[list[int]]):
                 batch.extend(perms[c][pos[c] : pos[c] + k].tolist())
                 pos[c] += k
             yield batch
+
+
+class RankShareBatchSampler(Sampler[list[int]]):
+    """Rank ``rank``'s share ``batch[rank::world]`` of every batch of another batch sampler.
+
+    Under data-parallel training (:mod:`osma.distributed`) every rank draws the same global
+    batches (same seed and epoch) and keeps a disjoint slice, so the ranks together see
+    exactly the single-process batch. A :class:`BalancedBatchSampler` batch is grouped by
+    class, ``per_class`` indices each, so with ``per_class`` divisible by ``world`` every
+    rank gets ``per_class / world`` images of every class.
+    """
+
+    def __init__(self, inner: Any, rank: int, world: int) -> None:  # noqa: ANN401 - a batch sampler
+        if not 0 <= rank < world:
+            raise ValueError(f"RankShareBatchSampler: rank {rank} is not in [0, {world})")
+        self.inner, self.rank, self.world = inner, int(rank), int(world)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forward the epoch to the inner sampler (when it has epochs)."""
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.inner:
+            yield list(batch)[self.rank :: self.world]
 
 
 class ImageDataset(Dataset):
@@ -258,7 +286,7 @@ class SkippingLoader(DataLoader):
         self._next_epoch += 1
         if isinstance(self.dataset, ImageDataset):
             self.dataset.set_epoch(epoch)
-        if isinstance(self.batch_sampler, BalancedBatchSampler):
+        if isinstance(self.batch_sampler, (BalancedBatchSampler, RankShareBatchSampler)):
             self.batch_sampler.set_epoch(epoch)
         if self.generator is not None:
             # shuffling and worker seeds depend on (seed, epoch) only, so a resumed run repeats them
@@ -281,6 +309,7 @@ def make_loader(
     workers: int | None = None,
     seed: int = 0,
     batches: int | None = None,
+    share: tuple[int, int] | None = None,
 ) -> SkippingLoader:
     """A DataLoader over ``dataset`` (usually an :class:`ImageDataset`) that skips unreadable files.
 
@@ -291,6 +320,10 @@ def make_loader(
       in order, all items.
     * ``workers`` defaults to :func:`osma.runtime.default_workers`; worker seeding is
       deterministic; with ``cache=True`` datasets are preloaded first so workers share the cache.
+
+    * ``share=(rank, world)``: this rank's disjoint slice of every batch
+      (:class:`RankShareBatchSampler`, data-parallel training); the batch size (``per_class``
+      for balanced batches) must be divisible by ``world``.
 
     Batches are ``(uint8 tensor B x 3 x S x S, labels B, indices B)``; B may be smaller
     than asked when files were skipped, and a batch with no readable item is not yielded.
@@ -313,14 +346,26 @@ def make_loader(
             labels = getattr(dataset, "labels", None)
             if labels is None:
                 raise ValueError("make_loader: per_class needs labels (or a dataset with .labels)")
-        sampler = BalancedBatchSampler(labels, per_class, batches=batches, seed=seed)
+        sampler: Any = BalancedBatchSampler(labels, per_class, batches=batches, seed=seed)
+        if share is not None and share[1] > 1:
+            if per_class % share[1]:
+                raise ValueError(f"option 'per_class' ({per_class}) must be divisible by the number of "
+                                 f"training processes ({share[1]}) so every rank gets the same share of each class")
+            sampler = RankShareBatchSampler(sampler, *share)
         loader = SkippingLoader(dataset, batch_sampler=sampler, **common)
     else:
         if batch_size < 1:
             raise ValueError(f"make_loader: batch_size must be >= 1, got {batch_size}")
         base = RandomSampler(dataset, generator=gen) if train else SequentialSampler(dataset)
         drop_last = bool(train) and len(dataset) >= batch_size  # type: ignore[arg-type]
-        loader = SkippingLoader(dataset, batch_size=batch_size, sampler=base, drop_last=drop_last, **common)
+        if share is not None and share[1] > 1:
+            if batch_size % share[1]:
+                raise ValueError(f"batch size {batch_size} must be divisible by the number of training processes "
+                                 f"({share[1]})")
+            inner = BatchSampler(base, batch_size, drop_last)
+            loader = SkippingLoader(dataset, batch_sampler=RankShareBatchSampler(inner, *share), **common)
+        else:
+            loader = SkippingLoader(dataset, batch_size=batch_size, sampler=base, drop_last=drop_last, **common)
     loader._seed = int(seed)
     return loader
 
@@ -328,6 +373,7 @@ def make_loader(
 __all__ = [
     "BalancedBatchSampler",
     "ImageDataset",
+    "RankShareBatchSampler",
     "SkippingLoader",
     "collate_skip",
     "make_loader",

@@ -108,7 +108,11 @@ def train(
     ``resume`` continues after the last checkpoint in ``out/checkpoints`` with the
     configuration saved there (an exact continuation; ``epochs`` may change).
     Returns the trained model (also saved as a bundle in ``out``).
+
+    Launched by ``torchrun`` (``WORLD_SIZE`` > 1), the processes train one model
+    data-parallel (:mod:`osma.distributed`); ``device`` ``auto`` then means ``cuda:LOCAL_RANK``.
     """
+    from osma import distributed
     from osma.data import load_split
     from osma.runtime import seed_everything
     from osma.trainer import Trainer
@@ -123,9 +127,14 @@ def train(
     if resume and saved.is_file():
         # the interrupted run's configuration wins (except a longer/shorter epoch count)
         cfg = {**_resume_config(saved, method), **({"epochs": epochs} if epochs is not None else {})}
-    seed_everything(int(cfg.get("seed") or 0))  # weight initialisation depends on it
-    att = create_method(method, classes, device=device, **cfg)
-    Trainer(att, out, progress=progress).fit(sp, resume=resume, data=str(data_list))
+    device, started = distributed.setup(device)
+    try:
+        seed_everything(int(cfg.get("seed") or 0))  # weight initialisation depends on it
+        att = create_method(method, classes, device=device, **cfg)
+        Trainer(att, out, progress=progress).fit(sp, resume=resume, data=str(data_list))
+    finally:
+        if started:
+            distributed.teardown()
     return att
 
 

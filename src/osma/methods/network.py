@@ -201,19 +201,21 @@ class NetworkMethod(Attributor):
         return self.backbone(self.input(pixels))
 
     def loader(self, samples: Iterable[Any], *, train: bool, batch_size: int | None = None,  # noqa: ANN401
-               per_class: int | None = None, batches: int | None = None):  # noqa: ANN201
+               per_class: int | None = None, batches: int | None = None,
+               share: tuple[int, int] | None = None):  # noqa: ANN201
         """An :func:`osma.images.make_loader` over labelled samples with this model's patches.
 
         ``train``: random crops + augmentation, balanced batches of ``per_class`` images per
         class; else evaluation patches in order. Decoded images are cached in memory for
-        benchmarks up to ``cache_limit`` images.
+        benchmarks up to ``cache_limit`` images. ``share=(rank, world)``: this rank's slice
+        of every batch (data-parallel training).
         """
         from osma.images import ImageDataset, make_loader
 
         pairs = self.label_index(samples)
         ds = ImageDataset(pairs, self.crop_config(train), cache=len(pairs) <= self.opts.cache_limit, seed=self.opts.seed)
         return make_loader(ds, int(batch_size or self.opts.embed_batch_size), train=train, per_class=per_class,
-                           workers=self.opts.workers, seed=self.opts.seed, batches=batches)
+                           workers=self.opts.workers, seed=self.opts.seed, batches=batches, share=share)
 
     def label_index(self, samples: Iterable[Any]) -> list[tuple[Path, int]]:  # noqa: ANN401
         """``Sample(path, class name)`` -> ``(path, class index)``; unknown names are an error."""

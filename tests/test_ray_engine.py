@@ -1,0 +1,117 @@
+"""``osma attribute --engine ray`` on a local Ray instance (2 CPUs) over a few hundred
+micro-zoo images: the rows equal the single-process ``osma attribute`` rows, and a job whose
+shard files were partly lost (a killed run) resumes by redoing only the missing shards."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'osma[ray]'; make install installs it)")
+
+from osma.batch import read_rows  # noqa: E402
+from osma.cli import app  # noqa: E402
+
+N_IMAGES = 300
+
+
+@pytest.fixture(scope="module")
+def micro_model(micro_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from osma.methods import train
+
+    out = tmp_path_factory.mktemp("micro_softmax_ray")
+    train(micro_zoo, "split1", "softmax", out, epochs=1, device="cpu", workers=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_ray():  # noqa: ANN201
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+def _inputs(micro_zoo: Path, tmp: Path) -> Path:
+    """N_IMAGES image paths (micro-zoo images copied under new names) and one unreadable file, as a list."""
+    src = sorted((micro_zoo.parent / "dataset" / "images").rglob("*.png"))
+    d = tmp / "imgs"
+    d.mkdir()
+    paths = []
+    for i in range(N_IMAGES):
+        p = d / f"img_{i:04d}.png"
+        shutil.copyfile(src[i % len(src)], p)
+        paths.append(str(p))
+    bad = d / "broken.png"
+    bad.write_bytes(b"not a png")
+    paths.insert(17, str(bad))
+    lst = tmp / "inputs.txt"
+    lst.write_text("\n".join(paths) + "\n")
+    return lst
+
+
+def test_ray_rows_equal_single_process_and_resume(micro_model: Path, micro_zoo: Path, tmp_path: Path,
+                                                  local_ray: None) -> None:
+    lst = _inputs(micro_zoo, tmp_path)
+    runner = CliRunner()
+    common = ["attribute", str(micro_model), str(lst), "--device", "cpu", "--batch-size", "32"]
+    local = runner.invoke(app, [*common, "--format", "jsonl", "--out", str(tmp_path / "local.jsonl"), "--no-progress"])
+    assert local.exit_code == 1, local.output  # the broken file
+    expected = [json.loads(x) for x in (tmp_path / "local.jsonl").read_text().splitlines()]
+    assert len(expected) == N_IMAGES + 1
+
+    out = tmp_path / "ray"
+    ray_args = [*common, "--engine", "ray", "--workers", "2", "--shard-size", "64", "--out", str(out)]
+    r = runner.invoke(app, ray_args)
+    assert r.exit_code == 1 and "1 image(s) could not be read" in r.output, r.output
+    parts = sorted(out.glob("part-*.parquet"))
+    assert len(parts) == 5  # ceil(301 / 64)
+    assert read_rows(out) == expected
+    import pyarrow.parquet as pq  # the directory reads as one table (_plan.json and temporary files skipped)
+
+    assert pq.read_table(out).num_rows == N_IMAGES + 1
+
+    # a killed job: one shard lost, a temporary file left behind; the re-run redoes that shard only
+    parts[2].unlink()
+    (out / ".part-000002.parquet.tmp-999").write_bytes(b"partial")
+    r = runner.invoke(app, ray_args)
+    assert "4 shard(s) already written, 64 image(s) attributed now" in r.output, r.output
+    assert not list(out.glob(".part-*"))
+    assert read_rows(out) == expected
+    # nothing left to do: no actor starts
+    r = runner.invoke(app, ray_args)
+    assert "5 shard(s) already written, 0 image(s)" in r.output, r.output
+    # another job in the same directory is refused
+    r = runner.invoke(app, [*ray_args[:-2], "--shard", "1/2", "--out", str(out)])
+    assert r.exit_code == 2 and "plan.json" in r.output
+
+
+def test_ray_jsonl_shards_are_the_jsonl_lines(micro_model: Path, micro_zoo: Path, tmp_path: Path,
+                                              local_ray: None) -> None:
+    imgs = sorted(str(p) for p in (micro_zoo.parent / "dataset" / "images").rglob("*.png"))[:50]
+    runner = CliRunner()
+    common = ["attribute", str(micro_model), *imgs, "--device", "cpu", "--batch-size", "16", "--format", "jsonl"]
+    local = runner.invoke(app, [*common, "--out", str(tmp_path / "local.jsonl"), "--no-progress"])
+    assert local.exit_code == 0, local.output
+    r = runner.invoke(app, [*common, "--engine", "ray", "--shard-size", "32", "--out", str(tmp_path / "ray")])
+    assert r.exit_code == 0, r.output
+    lines = "".join(p.read_text() for p in sorted((tmp_path / "ray").glob("part-*.jsonl")))
+    assert lines == (tmp_path / "local.jsonl").read_text()
+    assert os.path.isfile(tmp_path / "ray" / "_plan.json")
+
+
+def test_evaluate_embedding_pass_on_ray_gives_the_same_report(micro_model: Path, micro_zoo: Path, tmp_path: Path,
+                                                              local_ray: None) -> None:
+    runner = CliRunner()
+    common = ["evaluate", str(micro_model), "--data", str(micro_zoo), "--split", "split1", "--no-plots",
+              "--device", "cpu", "--batch-size", "16"]
+    for name, extra in (("local", []), ("ray", ["--engine", "ray", "--workers", "2"])):
+        r = runner.invoke(app, [*common, *extra, "--out", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+    a, b = (json.loads((tmp_path / n / "report.json").read_text()) for n in ("local", "ray"))
+    keys = ("closed_set", "open_set", "fang", "clustering", "counts", "unknown_classes")
+    assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
