@@ -15,6 +15,7 @@ concatenation seed + arch + dataset in ``*_test_out.txt``.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections import Counter
@@ -83,6 +84,9 @@ class Split:
     test_out: dict[str, list[Sample]]  # group -> test samples of that group's unknown classes
     #: list name ("train", "val", "test", "out_<group>") -> annotation file it was read from
     files: dict[str, Path] = field(default_factory=dict)
+    #: how a folder split was made (:func:`load_folder`): its parameters and the hash of the
+    #: assignment (:func:`split_hash`); recorded in a model bundle. None for a data_list.yaml.
+    recipe: dict | None = None
 
     @property
     def unknown_all(self) -> list[str]:
@@ -601,8 +605,109 @@ def load_folder(
         lists["train"] += [Sample(p, cls) for p in paths[n_test + n_val:]]
     groups = {g: [] for g in UNKNOWN_GROUPS} | unknown
     test_out = {g: [Sample(p, c) for c in v for p in _images_under(base / c)] for g, v in groups.items()}
-    return Split(name="folder", root=base, known_classes=list(known), unknown_classes=groups,
-                 train=lists["train"], val=lists["val"], test=lists["test"], test_out=test_out)
+    sp = Split(name="folder", root=base, known_classes=list(known), unknown_classes=groups,
+               train=lists["train"], val=lists["val"], test=lists["test"], test_out=test_out)
+    sp.recipe = {"root": str(base), "known": list(known), "unknown": {g: list(v) for g, v in unknown.items() if v},
+                 "val_fraction": float(val_fraction), "test_fraction": float(test_fraction), "seed": int(seed),
+                 "hash": split_hash(sp), "counts": {k: len(v) for k, v in sp.lists().items()}}
+    return sp
+
+
+def split_hash(split: Split) -> str:
+    """SHA-256 of a split's assignment: every (list, path relative to the root, class) in
+    list order. Equal hashes = the same images in the same lists (file contents are not read)."""
+    h = hashlib.sha256()
+    root = str(split.root)
+    for name, samples in split.lists().items():
+        for s in samples:
+            rel = os.path.relpath(str(s.path), root).replace(os.sep, "/")
+            h.update(f"{name}\t{rel}\t{s.label}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+#: the parameters of a folder split (:func:`load_folder`), as recorded in ``Split.recipe``
+FOLDER_PARAMS: tuple[str, ...] = ("known", "unknown", "val_fraction", "test_fraction", "seed")
+_FOLDER_DEFAULTS: dict[str, object] = {"known": None, "unknown": {}, "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0}
+
+
+def open_folder(root: str | Path, recorded: Mapping | None = None, **given: object) -> Split:
+    """A folder split from the options ``given`` (``known``, ``unknown``, ``val_fraction``,
+    ``test_fraction``, ``seed``; None or empty = not given) over those ``recorded`` in a
+    model bundle (``TrainingRecord.folder``), over the defaults of :func:`load_folder`
+    (``known``: every source not named unknown).
+
+    When the parameters are the recorded ones, the folder must still give the recorded split
+    (same :func:`split_hash`); otherwise a :class:`DataFormatError` says what changed.
+    """
+    bad = set(given) - set(FOLDER_PARAMS)
+    if bad:
+        raise TypeError(f"unknown folder split option(s): {', '.join(sorted(bad))}")
+    params = dict(_FOLDER_DEFAULTS)
+    if recorded:
+        params.update({k: recorded[k] for k in FOLDER_PARAMS if k in recorded})
+    params.update({k: v for k, v in given.items() if v is not None and v != [] and v != {}})
+    unknown = {str(g): list(v) for g, v in (params["unknown"] or {}).items() if v}
+    named = {c for v in unknown.values() for c in v}
+    known = list(params["known"] or [s for s in folder_sources(root) if s not in named])
+    sp = load_folder(root, known, unknown, val_fraction=float(params["val_fraction"]),  # type: ignore[arg-type]
+                     test_fraction=float(params["test_fraction"]), seed=int(params["seed"]))  # type: ignore[arg-type]
+    if recorded and recorded.get("hash"):
+        same = all(_norm_param(k, sp.recipe[k]) == _norm_param(k, recorded.get(k, _FOLDER_DEFAULTS[k]))
+                   for k in FOLDER_PARAMS)
+        if same and sp.recipe["hash"] != recorded["hash"]:
+            was = recorded.get("counts") or {}
+            now = sp.recipe["counts"]
+            diff = ", ".join(f"{k} {was.get(k, '?')} -> {now[k]}" for k in now if was.get(k) != now[k])
+            raise DataFormatError(
+                f"{sp.root}: the images under this folder no longer give the split the model was trained on "
+                f"(recorded from {recorded.get('root')}; {diff or 'same counts, other files'}): images were added, "
+                "removed or renamed. Evaluate on the original images, or give the split options explicitly "
+                "(a different split than the model's training split).")
+    return sp
+
+
+def is_folder(data: str | Path) -> bool:
+    """True when ``data`` is a folder tree (not a ``data_list.yaml``)."""
+    return _is_dir(Path(data))
+
+
+def open_data(data: str | Path, split: str | None = None, root: str | Path | None = None, *,
+              recorded: Mapping | None = None, **folder: object) -> Split:
+    """The split the commands work on: ``split`` of a ``data_list.yaml`` (image paths under
+    ``root``), or, when ``data`` is a folder tree, :func:`open_folder` with the ``folder``
+    options over the ``recorded`` ones (a bundle's ``TrainingRecord.folder``)."""
+    if is_folder(data):
+        return open_folder(data, recorded, **folder)
+    given = [k for k, v in folder.items() if v is not None and v != [] and v != {}]
+    if given:
+        raise ValueError(f"{data}: the folder split options ({', '.join(given)}) apply to a folder tree, "
+                         "not to a data_list.yaml")
+    return load_split(data, split or "split1", **({"root": root} if root is not None else {}))
+
+
+def _norm_param(key: str, value: object) -> object:
+    if key == "unknown":
+        return {str(g): list(v) for g, v in (value or {}).items() if v}  # type: ignore[union-attr]
+    if key in ("val_fraction", "test_fraction"):
+        return float(value)  # type: ignore[arg-type]
+    return value
+
+
+def write_folder_split(split: Split, out_dir: str | Path, name: str = "split1") -> Path:
+    """Write a folder split in the public format (``data_list.yaml`` and the lists) into
+    ``out_dir``; the image paths are written absolute, so the lists work from anywhere."""
+    def pairs(samples: Sequence[Sample]) -> list[tuple[str, str]]:
+        return [(str(s.path), s.label) for s in samples]
+
+    lists = {"train": pairs(split.train), "val": pairs(split.val), "test": pairs(split.test),
+             **{f"out_{g}": pairs(split.test_out.get(g, [])) for g in UNKNOWN_GROUPS}}
+    extra = [g for g in split.test_out if g not in UNKNOWN_GROUPS and split.test_out[g]]
+    if extra:
+        raise ValueError(f"unknown groups other than {', '.join(UNKNOWN_GROUPS)} cannot be written in the public "
+                         f"format: {', '.join(extra)}")
+    spec = {"known_classes": split.known_classes,
+            "unknown_classes": {g: split.unknown_classes.get(g, []) for g in UNKNOWN_GROUPS}}
+    return write_benchmark(out_dir, {name: spec}, {name: lists})
 
 
 # ----------------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ class Trainer:
         counts = np.bincount([i for _, i in m.label_index(train)], minlength=m.n_train)
         m.training.train_counts = {c: int(n) for c, n in zip(m.classes, counts)}
         m.training.data, m.training.split = data, getattr(split, "name", None)
+        m.training.folder = getattr(split, "recipe", None)  # a folder split: how to make it again
         bpe = m.opts.batches_per_epoch
         balanced = m.loader(train, train=True, per_class=m.opts.per_class, batches=bpe, share=share)
         other_loaders: dict[int, Any] = {}

@@ -14,6 +14,59 @@ def _names(values: list[str] | None) -> list[str]:
     return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
 
 
+# the folder split options of `osma train`, `evaluate` and `calibrate` (one definition each)
+KNOWN = typer.Option(None, "--known", help="Folder --data: known sources (default: all not named unknown, or as recorded in the model).")
+UNKNOWN_SEED = typer.Option(None, "--unknown-seed", help="Folder --data: unknown sources, unseen-seed group.")
+UNKNOWN_ARCH = typer.Option(None, "--unknown-arch", help="Folder --data: unknown sources, unseen-architecture group.")
+UNKNOWN_DATASET = typer.Option(None, "--unknown-dataset", help="Folder --data: unknown sources, unseen-dataset group.")
+VAL_FRACTION = typer.Option(None, "--val-fraction", min=0.0, max=1.0, help="Folder --data: share of each known source used for val (default 0.1).")
+TEST_FRACTION = typer.Option(None, "--test-fraction", min=0.0, max=1.0, help="Folder --data: share of each known source used for test (default 0.2).")
+SPLIT_SEED = typer.Option(None, "--split-seed", help="Folder --data: seed of the train/val/test division (default 0).")
+
+
+def folder_options(known: list[str] | None, unknown_seed: list[str] | None, unknown_arch: list[str] | None,
+                   unknown_dataset: list[str] | None, val_fraction: float | None, test_fraction: float | None,
+                   split_seed: int | None) -> dict:
+    """The folder split options as :func:`osma.data.open_folder` takes them (None = not given)."""
+    unknown = {g: _names(v) for g, v in (("seed", unknown_seed), ("arch", unknown_arch), ("dataset", unknown_dataset))}
+    return {"known": _names(known) or None, "unknown": {g: v for g, v in unknown.items() if v} or None,
+            "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": split_seed}
+
+
+@data_app.command("split")
+def split_cmd(
+    path: Path = typer.Argument(..., help="A folder ROOT/<source>/**/<image>."),
+    out: Path = typer.Option(..., "--out", help="Directory to write data_list.yaml and the annotation lists into."),
+    name: str = typer.Option("split1", "--name", help="Name of the split in data_list.yaml."),
+    known: list[str] | None = typer.Option(None, "--known", help="Known sources (default: all not named unknown)."),
+    unknown_seed: list[str] | None = typer.Option(None, "--unknown-seed", help="Unknown sources, unseen-seed group."),
+    unknown_arch: list[str] | None = typer.Option(None, "--unknown-arch", help="Unknown sources, unseen-architecture group."),
+    unknown_dataset: list[str] | None = typer.Option(None, "--unknown-dataset", help="Unknown sources, unseen-dataset group."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of each known source used for val."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of each known source used for test."),
+    seed: int = typer.Option(0, "--seed", "--split-seed", help="Seed of the train/val/test division."),
+) -> None:
+    """Write the split of a folder tree in the public POSE format (data_list.yaml + lists).
+
+    The split is the one `osma train --data ROOT` makes with the same options; image paths
+    are written absolute.
+    """
+    from osma.data import DataFormatError, open_folder, write_folder_split
+
+    if not os.path.isdir(path):
+        raise typer.BadParameter(f"{path}: not a folder", param_hint="PATH")
+    try:
+        sp = open_folder(path, **folder_options(known, unknown_seed, unknown_arch, unknown_dataset,
+                                                val_fraction, test_fraction, seed))
+        target = write_folder_split(sp, out, name)
+    except (OSError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1 if isinstance(err, DataFormatError) else 2) from None
+    counts = ", ".join(f"{k} {v}" for k, v in sp.recipe["counts"].items())
+    typer.echo(f"{target}: split {name!r}, {len(sp.known_classes)} known sources ({counts}); "
+               f"split hash {sp.recipe['hash'][:12]}")
+
+
 @data_app.command("check")
 def check_cmd(
     path: Path = typer.Argument(..., help="A data_list.yaml (POSE format) or a folder ROOT/<source>/**/<image>."),
@@ -26,7 +79,7 @@ def check_cmd(
     unknown_dataset: list[str] | None = typer.Option(None, "--unknown-dataset", help="Folder: unknown sources, unseen-dataset group."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Folder: share of each known source used for val."),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Folder: share of each known source used for test."),
-    seed: int = typer.Option(0, "--seed", help="Folder: seed of the train/val/test division."),
+    seed: int = typer.Option(0, "--seed", "--split-seed", help="Folder: seed of the train/val/test division."),
 ) -> None:
     """Print per split a table of classes x lists with counts, then every problem found.
 

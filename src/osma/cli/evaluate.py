@@ -6,11 +6,14 @@ from typing import Optional
 
 import typer
 
+from osma.cli.data import (KNOWN, SPLIT_SEED, TEST_FRACTION, UNKNOWN_ARCH, UNKNOWN_DATASET, UNKNOWN_SEED, VAL_FRACTION,
+                           folder_options)
+
 
 def evaluate(
     run: Path = typer.Argument(..., metavar="RUN", help="Trained model bundle / run directory (model.safetensors + model.json)."),
-    data: Path = typer.Option(..., "--data", help="Benchmark data_list.yaml."),
-    split: str = typer.Option("split1", "--split", help="Split to evaluate on."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Benchmark data_list.yaml or folder ROOT/<source>/**/<image> (default: the model's training data)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split to evaluate on (data_list.yaml; default split1, or the training split when --data is omitted)."),
     out: Path = typer.Option(..., "--out", help="Report directory (report.json, report.md, plots)."),
     root: Path | None = typer.Option(None, "--root", help="Data root for relative paths (default: next to DATA)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -25,10 +28,20 @@ def evaluate(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (--engine ray; default: a local Ray instance)."),
     workers: int = typer.Option(1, "--workers", min=1, help="Ray actors, each loading the model once (--engine ray)."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per Ray actor (--engine ray)."),
+    known: Optional[list[str]] = KNOWN,
+    unknown_seed: Optional[list[str]] = UNKNOWN_SEED,
+    unknown_arch: Optional[list[str]] = UNKNOWN_ARCH,
+    unknown_dataset: Optional[list[str]] = UNKNOWN_DATASET,
+    val_fraction: Optional[float] = VAL_FRACTION,
+    test_fraction: Optional[float] = TEST_FRACTION,
+    split_seed: Optional[int] = SPLIT_SEED,
 ) -> None:
-    """Evaluate a trained model on a split: closed-set, open-set, aF1/CRR, clustering, plots."""
+    """Evaluate a trained model on a split: closed-set, open-set, aF1/CRR, clustering, plots.
+
+    On a folder --data, the split recorded in the model at training is used (the folder
+    options override it); a folder whose images changed since is refused.
+    """
     from osma.attribution import find_bundle
-    from osma.data import load_split
     from osma.evaluation import evaluate as run_evaluation, evaluate_scores
     from osma.methods import load_attributor
     from osma.scores import parse_score_spec
@@ -38,7 +51,8 @@ def evaluate(
     try:
         specs = [parse_score_spec(s) for s in score or []]
         attributor = load_attributor(find_bundle(run), device)
-        sp = load_split(data, split, root=root)
+        sp = _open_split(attributor, data, split, root, folder_options(
+            known, unknown_seed, unknown_arch, unknown_dataset, val_fraction, test_fraction, split_seed))
         kw = dict(batch_size=batch_size, tpr=tpr, plots=plots, seed=seed, progress=True)
         if engine not in ("local", "ray"):
             raise ValueError(f"--engine {engine!r}: use local or ray")
@@ -67,6 +81,18 @@ def evaluate(
         typer.echo(f"reports written to {out}/<score>/report.md, the table to {out / 'scores.md'}")
     else:
         typer.echo(f"report written to {out / 'report.md'}")
+
+
+def _open_split(att, data: Path | None, split: str | None, root: Path | None, folder: dict):  # noqa: ANN001, ANN202
+    """The split a command works on: --data (or the model's training data) and its options."""
+    from osma.data import open_data
+
+    rec = getattr(att, "training", None)
+    if data is None:
+        if rec is None or not rec.data:
+            raise ValueError("the model does not record its training data: give --data")
+        data, split = Path(rec.data), split or rec.split
+    return open_data(data, split, root, recorded=getattr(rec, "folder", None), **folder)
 
 
 def _pct(v: float | None) -> str:

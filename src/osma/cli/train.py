@@ -8,6 +8,9 @@ from typing import Optional
 
 import typer
 
+from osma.cli.data import (KNOWN, SPLIT_SEED, TEST_FRACTION, UNKNOWN_ARCH, UNKNOWN_DATASET, UNKNOWN_SEED, VAL_FRACTION,
+                           folder_options)
+
 
 def _options_table(title: str, rows: list[tuple[str, str, str, str]]) -> None:
     from rich.console import Console
@@ -38,8 +41,8 @@ def list_options(method: str, score: str | None) -> None:
 
 
 def train_cmd(
-    data: Optional[Path] = typer.Option(None, "--data", help="data_list.yaml of the benchmark (POSE format)."),
-    split: str = typer.Option("split1", "--split", help="Split to train on (its known classes)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="data_list.yaml of the benchmark (POSE format), or a folder ROOT/<source>/**/<image>."),
+    split: str = typer.Option("split1", "--split", help="Split to train on (its known classes; data_list.yaml only)."),
     method: str = typer.Option("pose", "--method", help="A registered method: softmax, pose, metric, ..."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory: bundle, checkpoints/, train_log.jsonl."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (method default if omitted)."),
@@ -63,8 +66,20 @@ def train_cmd(
     root: Optional[Path] = typer.Option(None, "--root", help="Data root the image paths resolve against."),
     workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    known: Optional[list[str]] = KNOWN,
+    unknown_seed: Optional[list[str]] = UNKNOWN_SEED,
+    unknown_arch: Optional[list[str]] = UNKNOWN_ARCH,
+    unknown_dataset: Optional[list[str]] = UNKNOWN_DATASET,
+    val_fraction: Optional[float] = VAL_FRACTION,
+    test_fraction: Optional[float] = TEST_FRACTION,
+    split_seed: Optional[int] = SPLIT_SEED,
 ) -> None:
-    """Train an attribution method on a benchmark split; writes a model bundle into OUT."""
+    """Train an attribution method on a benchmark split; writes a model bundle into OUT.
+
+    --data may be a folder tree ROOT/<source>/**/<image>: its sources are divided into
+    known (train / val / test) and unknown by the folder options, and the split is recorded
+    in the bundle, so that `osma evaluate` and `osma calibrate` on the same folder use it.
+    """
     from osma import methods
     from osma.options import OptionError, parse_assignments
     from osma.scores import parse_score_spec
@@ -90,7 +105,9 @@ def train_cmd(
         att = methods.train(
             data, split, method, out, epochs=options.pop("epochs", None), device=device,
             seed=options.pop("seed", 0), resume=resume, batch_size=batch_size,
-            progress=not quiet, root=root, score=sname, **{f"score.{k}": v for k, v in sopts.items()}, **options,
+            progress=not quiet, root=root, score=sname,
+            folder=folder_options(known, unknown_seed, unknown_arch, unknown_dataset, val_fraction, test_fraction,
+                                  split_seed), **{f"score.{k}": v for k, v in sopts.items()}, **options,
         )
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -99,7 +116,7 @@ def train_cmd(
         return
     typer.echo(
         f"trained {method} ({att.opts.backbone}, {att.pre.input} input, crop {att.pre.crop}, score {att.score.name}) "
-        f"on {split}: {len(att.classes)} known sources, {att.training.epochs_done} epoch(s); bundle in {out}"
+        f"on {att.training.split}: {len(att.classes)} known sources, {att.training.epochs_done} epoch(s); bundle in {out}"
     )
 
 
@@ -116,7 +133,7 @@ def rescore_cmd(
     training images (same network, no retraining). tau and enrolled sources are dropped:
     calibrate and enroll again."""
     from osma.attribution import find_bundle
-    from osma.data import load_split
+    from osma.data import open_data
     from osma.methods import load_attributor
     from osma.options import OptionError
     from osma.scores import create_score, parse_score_spec
@@ -128,7 +145,7 @@ def rescore_cmd(
         split = split or att.training.split
         if data is None or split is None:
             raise OptionError(f"{run}: the bundle does not record its training data: give --data and --split")
-        sp = load_split(data, split, **({"root": root} if root is not None else {}))
+        sp = open_data(data, split, root, recorded=att.training.folder)
         if list(sp.known_classes) != att.classes[: att.n_train]:
             raise ValueError(f"split {split} of {data} has other known classes than the model: {sp.known_classes}")
         dropped = list(att.enrolled)

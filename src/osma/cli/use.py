@@ -13,6 +13,9 @@ from typing import Any, Optional
 
 import typer
 
+from osma.cli.data import (KNOWN, SPLIT_SEED, TEST_FRACTION, UNKNOWN_ARCH, UNKNOWN_DATASET, UNKNOWN_SEED, VAL_FRACTION,
+                           folder_options)
+
 FORMATS = ("table", "jsonl", "csv")
 
 
@@ -343,13 +346,20 @@ def _skipped_summary(skipped: list[tuple[str, str]]) -> str:
 
 def calibrate(
     model: str = typer.Argument(..., help="Model bundle or training run directory."),
-    data: Path = typer.Option(..., "--data", help="data_list.yaml of the benchmark."),
-    split: str = typer.Option(..., "--split", help="Split whose validation images of the known sources are used."),
+    data: Optional[Path] = typer.Option(None, "--data", help="data_list.yaml of the benchmark, or a folder ROOT/<source>/**/<image> (default: the model's training data)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split whose validation images of the known sources are used (data_list.yaml; default: split1, or the training split when --data is omitted)."),
     target_tpr: float = typer.Option(0.95, "--target-tpr", min=0.0, max=1.0, help="Known acceptance to aim for."),
     unknown_val: Optional[list[str]] = typer.Option(None, "--unknown-val", help="Validation images of unknown sources (files, dirs, globs); repeatable."),
     root: Optional[Path] = typer.Option(None, "--root", help="Data root (default: next to data_list.yaml)."),
     device: str = typer.Option("auto", "--device"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the result without writing the bundle."),
+    known: Optional[list[str]] = KNOWN,
+    unknown_seed: Optional[list[str]] = UNKNOWN_SEED,
+    unknown_arch: Optional[list[str]] = UNKNOWN_ARCH,
+    unknown_dataset: Optional[list[str]] = UNKNOWN_DATASET,
+    val_fraction: Optional[float] = VAL_FRACTION,
+    test_fraction: Optional[float] = TEST_FRACTION,
+    split_seed: Optional[int] = SPLIT_SEED,
 ) -> None:
     """Choose the threshold tau and store it in the bundle's model.json.
 
@@ -357,12 +367,12 @@ def calibrate(
     validation images. With it: the tau maximising Youden's J = TPR - FPR (known = positive).
     """
     from osma.attribution import calibrate_model, expand_paths
-    from osma.data import load_split
+    from osma.cli.evaluate import _open_split
 
     m = _load_model(model, device)
-    kwargs = {"root": root} if root is not None else {}
     try:
-        sp = load_split(data, split, **kwargs)
+        sp = _open_split(m.attributor, data, split, root, folder_options(
+            known, unknown_seed, unknown_arch, unknown_dataset, val_fraction, test_fraction, split_seed))
     except (FileNotFoundError, ValueError, KeyError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -98,6 +98,7 @@ def train(
     batch_size: int | None = None,
     progress: bool = True,
     root: str | Path | None = None,
+    folder: dict[str, Any] | None = None,
     **config: Any,  # noqa: ANN401
 ) -> NetworkMethod:
     """Train ``method`` on ``split`` of ``data_list`` into run directory ``out``.
@@ -109,15 +110,19 @@ def train(
     configuration saved there (an exact continuation; ``epochs`` may change).
     Returns the trained model (also saved as a bundle in ``out``).
 
+    ``data_list`` may be a folder tree ``ROOT/<source>/**/<image>``: ``folder`` holds the
+    options of :func:`osma.data.open_folder` (known / unknown sources, fractions, seed) and
+    the split made is recorded in the bundle (``training.folder``).
+
     Launched by ``torchrun`` (``WORLD_SIZE`` > 1), the processes train one model
     data-parallel (:mod:`osma.distributed`); ``device`` ``auto`` then means ``cuda:LOCAL_RANK``.
     """
     from osma import distributed
-    from osma.data import load_split
+    from osma.data import is_folder, open_data
     from osma.runtime import seed_everything
     from osma.trainer import Trainer
 
-    sp = load_split(data_list, split, **({"root": root} if root is not None else {}))
+    sp = open_data(data_list, split, root, **(folder or {}))
     classes = list(sp.known_classes)
     cfg = {k: v for k, v in config.items() if v is not None}
     if cfg.get("per_class") is None and batch_size is not None:
@@ -131,7 +136,8 @@ def train(
     try:
         seed_everything(int(cfg.get("seed") or 0))  # weight initialisation depends on it
         att = create_method(method, classes, device=device, **cfg)
-        Trainer(att, out, progress=progress).fit(sp, resume=resume, data=str(data_list))
+        Trainer(att, out, progress=progress).fit(
+            sp, resume=resume, data=str(Path(data_list).resolve() if is_folder(data_list) else data_list))
     finally:
         if started:
             distributed.teardown()

@@ -87,10 +87,12 @@ class TrainingRecord:
     resumed_from: int | None = None
     data: str | None = None
     split: str | None = None
+    #: a folder split's parameters and assignment hash (``osma.data.Split.recipe``); None for a yaml
+    folder: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"train_counts": self.train_counts, "epochs_done": self.epochs_done,
-                "resumed_from": self.resumed_from, "data": self.data, "split": self.split}
+                "resumed_from": self.resumed_from, "data": self.data, "split": self.split, "folder": self.folder}
 
 
 def _versions() -> dict[str, str]:
