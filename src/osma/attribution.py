@@ -39,7 +39,8 @@ class Attribution:
     likely known source; ``score``: knownness score (higher = more likely known);
     ``threshold``: the tau used; ``scores``: per-source scores; ``path``: the input's path
     when it had one; ``error``: ``None``, or why the input could not be attributed (then
-    ``source``/``nearest`` are ``None`` and ``score`` is NaN).
+    ``source``/``nearest`` are ``None`` and ``score`` is NaN); ``crops``: how many crops of
+    the image were embedded and aggregated (:mod:`osma.crops`; None on error).
     """
 
     source: str | None
@@ -49,6 +50,7 @@ class Attribution:
     scores: dict[str, float] = field(default_factory=dict)
     path: str | None = None
     error: str | None = None
+    crops: int | None = None
 
     @property
     def known(self) -> bool:
@@ -150,12 +152,11 @@ class Model:
 
     def _attribute_batch(self, batch: list[ImageInput], thr: float) -> list[Attribution]:
         results: list[Attribution | None] = [None] * len(batch)
-        for kept, emb, errors in embed_batches(self.attributor, batch, len(batch)):
+        for kept, pred, counts, errors in predict_batches(self.attributor, batch, len(batch)):
             for i, err in errors.items():
                 results[i] = Attribution(None, None, math.nan, thr, {}, _path_of(batch[i]), err)
             if not kept:
                 continue
-            pred = self.attributor.predict_embeddings(emb)
             names = self.sources
             for j, i in enumerate(kept):
                 nearest = names[int(pred.pred[j])]
@@ -167,6 +168,7 @@ class Model:
                     threshold=thr,
                     scores={n: float(s) for n, s in zip(names, pred.class_scores[j])},
                     path=_path_of(batch[i]),
+                    crops=int(counts[j]),
                 )
         return results  # type: ignore[return-value]
 
@@ -358,6 +360,29 @@ def embed_batches(attributor, items: Sequence[ImageInput], batch_size: int,  # n
         ok = [i for i in range(len(batch)) if i not in errs]
         emb = np.asarray(attributor.embed_arrays([decoded[i] for i in ok])) if ok else np.zeros((0, 0), np.float32)
         yield [start + i for i in ok], emb, {start + i: e for i, e in errs.items()}
+
+
+def predict_batches(attributor, items: Sequence[ImageInput], batch_size: int,  # noqa: ANN001
+                    threads: int = 1) -> Iterator[tuple[list[int], Any, np.ndarray, dict[int, str]]]:
+    """:func:`embed_batches` with the decision: yields (indices of the predicted items, their
+    :class:`~osma.scores.base.Prediction`, crops used per item, {index: error}) per batch.
+    Images are embedded and scored by ``attributor.predict_images`` (its crops and their
+    aggregation, :mod:`osma.crops`); ``Prediction.embedding`` is each image's embedding."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    predict = getattr(attributor, "predict_images", None)
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        decoded, errs = decode_many(batch, threads)
+        ok = [i for i in range(len(batch)) if i not in errs]
+        if ok and predict is not None:
+            pred, counts = predict([decoded[i] for i in ok])
+        elif ok:  # an attributor written against the older interface
+            pred = attributor.predict_embeddings(np.asarray(attributor.embed_arrays([decoded[i] for i in ok])))
+            counts = np.ones(len(ok), np.int64)
+        else:
+            pred, counts = None, np.zeros(0, np.int64)
+        yield [start + i for i in ok], pred, counts, {start + i: e for i, e in errs.items()}
 
 
 #: why :func:`expand_paths` left an entry of a directory walk or glob match out (its ``skipped`` list)

@@ -87,7 +87,7 @@ def predict_samples(
     ``Outputs.failed`` and skipped. ``progress(done, total)`` is called after each batch.
     Decoding runs in ``workers`` threads (:func:`osma.attribution.embed_batches`).
     """
-    from osma.attribution import embed_batches
+    from osma.attribution import predict_batches
 
     samples = list(samples)
     paths: list[str] = []
@@ -97,12 +97,11 @@ def predict_samples(
     total = len(samples)
     start = time.perf_counter()
     done = 0
-    for kept, emb, errors in embed_batches(attributor, [str(x.path) for x in samples], batch_size, threads=workers):
+    for kept, p, _, errors in predict_batches(attributor, [str(x.path) for x in samples], batch_size, threads=workers):
         for i, reason in sorted(errors.items()):
             log.warning("skipping unreadable image %s (%s)", samples[i].path, reason)
             failed.append((str(samples[i].path), reason))
         if kept:
-            p = attributor.predict_embeddings(emb)
             preds.append(np.asarray(p.pred, dtype=np.int64))
             scores.append(np.asarray(p.score, dtype=np.float64))
             embs.append(np.asarray(p.embedding, dtype=np.float32))

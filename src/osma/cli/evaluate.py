@@ -35,6 +35,8 @@ def evaluate(
     val_fraction: Optional[float] = VAL_FRACTION,
     test_fraction: Optional[float] = TEST_FRACTION,
     split_seed: Optional[int] = SPLIT_SEED,
+    crops: Optional[int] = typer.Option(None, "--crops", min=1, help="Crops per image (see `osma attribute --help`; default: the bundle's, else 1)."),
+    agg: Optional[str] = typer.Option(None, "--agg", help="Aggregation of the crops: mean, mean_score, vote or max (default: the bundle's, else mean)."),
 ) -> None:
     """Evaluate a trained model on a split: closed-set, open-set, aF1/CRR, clustering, plots.
 
@@ -51,12 +53,17 @@ def evaluate(
     try:
         specs = [parse_score_spec(s) for s in score or []]
         attributor = load_attributor(find_bundle(run), device)
+        from osma.cli.use import set_inference
+
+        set_inference(attributor, crops, agg)
         sp = _open_split(attributor, data, split, root, folder_options(
             known, unknown_seed, unknown_arch, unknown_dataset, val_fraction, test_fraction, split_seed))
         kw = dict(batch_size=batch_size, tpr=tpr, plots=plots, seed=seed, progress=True)
         if engine not in ("local", "ray"):
             raise ValueError(f"--engine {engine!r}: use local or ray")
         outs = None
+        if engine == "ray" and getattr(attributor, "crops", 1) != 1:
+            raise ValueError("--engine ray embeds one crop per image: use --engine local with --crops")
         if engine == "ray":  # the embedding pass on the attribution engine's actor pool
             from osma.batch import split_outputs_ray
 

@@ -19,14 +19,31 @@ from osma.cli.data import (KNOWN, SPLIT_SEED, TEST_FRACTION, UNKNOWN_ARCH, UNKNO
 FORMATS = ("table", "jsonl", "csv")
 
 
-def _load_model(model: str, device: str):  # noqa: ANN202 - osma.attribution.Model
+CROPS = typer.Option(
+    None, "--crops", min=1, help="Crops per image: a grid of at most N non-overlapping crops spread over the image, "
+    "each embedded, aggregated by --agg (default: the bundle's setting, else 1 = the centre crop).")
+AGG = typer.Option(None, "--agg", help="Aggregation of the crops: mean (embeddings and logits, then the score), "
+                   "mean_score, vote or max (the most confident crop); default: the bundle's, else mean.")
+
+
+def _load_model(model: str, device: str, crops: Optional[int] = None, agg: Optional[str] = None):  # noqa: ANN202 - osma.attribution.Model
     from osma.attribution import load
 
     try:
-        return load(model, device=device)
+        m = load(model, device=device)
+        set_inference(m.attributor, crops, agg)
+        return m
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def set_inference(attributor, crops: Optional[int], agg: Optional[str]) -> None:  # noqa: ANN001
+    """Apply --crops / --agg to a loaded model (a method without crops accepts only 1)."""
+    if hasattr(attributor, "set_inference"):
+        attributor.set_inference(crops, agg)
+    elif (crops or 1) != 1:
+        raise ValueError(f"--crops {crops}: this model ({type(attributor).__name__}) embeds one crop per image")
 
 
 def _fmt(x: Optional[float]) -> str:
@@ -35,7 +52,7 @@ def _fmt(x: Optional[float]) -> str:
 
 # --- output files (jsonl / csv), resumable ------------------------------------------------
 def _csv_header(sources: list[str]) -> list[str]:
-    return ["path", "source", "nearest", "score", "threshold", "error"] + [f"score:{s}" for s in sources]
+    return ["path", "source", "nearest", "score", "threshold", "error", "crops"] + [f"score:{s}" for s in sources]
 
 
 def _csv_row(d: dict[str, Any], header: list[str]) -> list[str]:
@@ -166,6 +183,8 @@ def attribute(
     workers: int = typer.Option(1, "--workers", min=1, help="Ray actors, each loading the model once (--engine ray)."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per Ray actor; > 0 runs on CUDA (--engine ray)."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per output shard file (--engine ray)."),
+    crops: Optional[int] = CROPS,
+    agg: Optional[str] = AGG,
 ) -> None:
     """Attribute images to their source model (or 'unknown').
 
@@ -187,7 +206,9 @@ def attribute(
             raise typer.BadParameter("--engine ray writes --format parquet or jsonl")
     else:
         fmt = _fmt_from(out, format)
-    m = _load_model(model, device)
+    if engine == "ray" and (crops or agg):
+        raise typer.BadParameter("--crops / --agg: the Ray engine uses the bundle's setting (set it with `osma calibrate --crops`)")
+    m = _load_model(model, device, crops, agg)
     if m.tau is None and tau is None:
         typer.echo("warning: model not calibrated (no tau): nothing is rejected as unknown; run `osma calibrate`", err=True)
     skipped_entries: list[tuple[str, str]] = []
@@ -360,16 +381,19 @@ def calibrate(
     val_fraction: Optional[float] = VAL_FRACTION,
     test_fraction: Optional[float] = TEST_FRACTION,
     split_seed: Optional[int] = SPLIT_SEED,
+    crops: Optional[int] = CROPS,
+    agg: Optional[str] = AGG,
 ) -> None:
     """Choose the threshold tau and store it in the bundle's model.json.
 
     Without --unknown-val: the largest tau that accepts at least --target-tpr of the known
     validation images. With it: the tau maximising Youden's J = TPR - FPR (known = positive).
+    --crops / --agg are stored with tau: attribute, serve and evaluate then use them by default.
     """
     from osma.attribution import calibrate_model, expand_paths
     from osma.cli.evaluate import _open_split
 
-    m = _load_model(model, device)
+    m = _load_model(model, device, crops, agg)
     try:
         sp = _open_split(m.attributor, data, split, root, folder_options(
             known, unknown_seed, unknown_arch, unknown_dataset, val_fraction, test_fraction, split_seed))
@@ -407,6 +431,8 @@ def enroll(
     out: Optional[Path] = typer.Option(None, "--out", help="Write the enlarged model here (default: update MODEL in place)."),
     from_cluster: Optional[Path] = typer.Option(None, "--from-cluster", help="A cluster directory written by `osma discover`."),
     device: str = typer.Option("auto", "--device"),
+    crops: Optional[int] = CROPS,
+    agg: Optional[str] = AGG,
 ) -> None:
     """Add a new known source from at least 10 of its images, without retraining."""
     from osma.attribution import MIN_ENROLL_IMAGES, expand_paths
@@ -422,7 +448,7 @@ def enroll(
     if len(items) < MIN_ENROLL_IMAGES:
         typer.echo(f"error: enrolling {name!r} needs at least {MIN_ENROLL_IMAGES} images, got {len(items)}", err=True)
         raise typer.Exit(2)
-    m = _load_model(model, device)
+    m = _load_model(model, device, crops, agg)
     try:
         n = m.enroll(name, items)
     except ValueError as exc:
@@ -468,6 +494,8 @@ def discover(
     rejected_only: bool = typer.Option(False, "--rejected-only", help="Cluster only the images the model rejects as unknown."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
+    crops: Optional[int] = CROPS,
+    agg: Optional[str] = AGG,
 ) -> None:
     """Group images into candidate new sources (k-means on L2-normalised embeddings, or Girish et al.'s pipeline)."""
     from osma.attribution import UNKNOWN, decode, expand_paths
@@ -488,7 +516,7 @@ def discover(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    m = _load_model(model, device)
+    m = _load_model(model, device, crops, agg)
     items = expand_paths(paths)
     if rejected_only:
         with warnings.catch_warnings():
@@ -557,11 +585,13 @@ def serve(
         2, "--max-concurrent-decodes", min=1,
         help="Requests decoding and predicting at once (bounds decode memory); the others wait."),
     device: str = typer.Option("auto", "--device"),
+    crops: Optional[int] = CROPS,
+    agg: Optional[str] = AGG,
 ) -> None:
     """Serve the model over HTTP (POST /v1/attribute, GET /v1/sources, GET /healthz, /docs)."""
     from osma.server import serve as _serve
 
-    m = _load_model(model, device)
+    m = _load_model(model, device, crops, agg)
     _serve(m, host=host, port=port, max_upload_mb=max_upload_mb, max_pixels=max_pixels, read_timeout=read_timeout,
            max_connections=max_connections, max_concurrent_decodes=max_concurrent_decodes)
 

@@ -51,6 +51,12 @@ class Attributor(ABC):
         """Embed and score decoded uint8 HxWx3 images."""
         return self.predict_embeddings(self.embed_arrays(images))
 
+    def predict_images(self, images: list[np.ndarray]) -> tuple[Prediction, np.ndarray]:
+        """Embed and score decoded images as inference does (methods with several crops per
+        image aggregate them): (one prediction per image, number of crops used per image)."""
+        emb = np.asarray(self.embed_arrays(images))
+        return self.predict_embeddings(emb), np.ones(len(emb), np.int64)
+
     @abstractmethod
     def enroll(self, name: str, emb: np.ndarray) -> None:
         """Add a new known source from embeddings of a few of its images, without retraining."""

@@ -130,6 +130,8 @@ class NetworkMethod(Attributor):
             {**self.preprocess_defaults, **dict(preprocess or {})})
         self.score: Score = create_score(score or self.default_score, score_options)
         self.training = TrainingRecord()
+        #: inference: crops per image (1 = the centre crop) and their aggregation (osma.crops)
+        self.crops, self.crop_agg = 1, "mean"
         self.device = resolve_device(device)
         # the network sees crop x crop patches (after the optional resize)
         self.input = create_input(self.pre.input, self.pre.crop)
@@ -229,17 +231,71 @@ class NetworkMethod(Attributor):
             out.append((Path(s.path), idx[s.label]))
         return out
 
+    def set_inference(self, crops: int | None = None, agg: str | None = None) -> None:
+        """Crops per image at inference (1 = the centre crop; see :mod:`osma.crops`) and their
+        aggregation; None leaves a setting as it is. Saved in ``model.json`` when not 1."""
+        from osma.crops import MAX_CROPS, check_aggregation
+
+        if crops is not None:
+            if not 1 <= int(crops) <= MAX_CROPS:
+                raise ValueError(f"crops must be in 1..{MAX_CROPS}, got {crops}")
+            self.crops = int(crops)
+        if agg is not None:
+            self.crop_agg = check_aggregation(agg)
+
     # ------------------------------------------------------------------ embedding and scoring
+    def crop_patches(self, img: np.ndarray) -> np.ndarray:
+        """The ``self.crops`` grid crops of one decoded uint8 HxWx3 image, (k, S, S, 3)."""
+        from osma.crops import image_crops
+
+        if self.crops == 1:
+            return self.prepare(img)[None]
+        img = np.asarray(img)
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 HxWx3 image, got {img.dtype} {img.shape}")
+        return image_crops(img, self.pre.crop, self.crops, self.pre.resize)
+
     @torch.no_grad()
-    def embed_arrays(self, images: list[np.ndarray], batch_size: int | None = None) -> np.ndarray:
-        """Embed decoded uint8 HxWx3 images (evaluation patches), in batches."""
+    def embed_crops(self, images: list[np.ndarray], batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Embed every crop of decoded images: (embeddings (M, D), crops per image (N,))."""
         bs = int(batch_size or self.opts.embed_batch_size)
         self.train_mode(False)
-        out = []
-        for i in range(0, len(images), bs):
-            patches = np.stack([self.prepare(np.asarray(im)) for im in images[i : i + bs]])
-            out.append(self.features(self.input_tensor(patches)).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.opts.embed_dim), np.float32)
+        patches = [self.crop_patches(np.asarray(im)) for im in images]
+        counts = np.array([len(p) for p in patches], np.int64)
+        flat = np.concatenate(patches) if patches else np.zeros((0, self.pre.crop, self.pre.crop, 3), np.uint8)
+        out = [self.features(self.input_tensor(flat[i:i + bs])).float().cpu().numpy() for i in range(0, len(flat), bs)]
+        return (np.concatenate(out) if out else np.zeros((0, self.opts.embed_dim), np.float32)), counts
+
+    @torch.no_grad()
+    def embed_arrays(self, images: list[np.ndarray], batch_size: int | None = None) -> np.ndarray:
+        """Embed decoded uint8 HxWx3 images, in batches: the evaluation patch's embedding, or
+        with ``crops`` > 1 the mean of the image's crop embeddings."""
+        if self.crops == 1:
+            bs = int(batch_size or self.opts.embed_batch_size)
+            self.train_mode(False)
+            out = []
+            for i in range(0, len(images), bs):
+                patches = np.stack([self.prepare(np.asarray(im)) for im in images[i : i + bs]])
+                out.append(self.features(self.input_tensor(patches)).float().cpu().numpy())
+            return np.concatenate(out) if out else np.zeros((0, self.opts.embed_dim), np.float32)
+        from osma.crops import CropOutputs
+
+        emb, counts = self.embed_crops(images, batch_size)
+        return CropOutputs(Features(emb), counts, self.predict_features).image_embedding
+
+    def predict_images(self, images: list[np.ndarray]) -> tuple[Prediction, np.ndarray]:
+        """Embed and score decoded images with ``crops`` crops each, aggregated by
+        ``crop_agg``: (one prediction per image, crops used per image)."""
+        if self.crops == 1:
+            return super().predict_images(images)
+        from osma.crops import CropOutputs, aggregate
+
+        emb, counts = self.embed_crops(images)
+        return aggregate(self.crop_agg, CropOutputs(self.features_of(emb), counts, self.predict_features)), counts
+
+    def predict_features(self, feats: Features) -> Prediction:
+        """The score's prediction for features (embeddings and head outputs)."""
+        return self.score.predict(feats)
 
     @torch.no_grad()
     def embed_samples(self, samples: Iterable[Any]) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN401
@@ -404,6 +460,8 @@ class NetworkMethod(Attributor):
             "score": self.score.describe(),
             "training": self.training.to_dict(),
             "versions": _versions(),
+            # written only when set, so that bundles without it are unchanged
+            **({"inference": {"crops": self.crops, "agg": self.crop_agg}} if self.crops != 1 else {}),
         }
 
     def save(self, bundle_dir) -> None:  # noqa: ANN001
@@ -446,6 +504,11 @@ class NetworkMethod(Attributor):
         obj.classes = list(doc["classes"])
         obj.tau = None if doc.get("tau") is None else float(doc["tau"])
         obj.enrolled = {str(k): int(v) for k, v in (doc.get("enrolled") or {}).items()}
+        inf = doc.get("inference") or {}
+        try:
+            obj.set_inference(inf.get("crops"), inf.get("agg"))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{d / 'model.json'}: key 'inference': {exc}") from None
         try:
             obj.load_tensors(tensors)
         except (RuntimeError, ValueError, KeyError) as exc:  # missing / unexpected / mis-shaped tensors

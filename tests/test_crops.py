@@ -1,0 +1,169 @@
+"""Whole-image evidence (osma.crops): the crop grid, the aggregations on hand-made crop
+outputs, and the multi-crop path of a trained model (issue 15, item 2)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from osma.crops import AGGREGATIONS, CropOutputs, aggregate, crop_grid, image_crops
+from osma.images import eval_patch
+from osma.scores.base import Features, Prediction
+
+
+def _overlap(a: tuple[int, int], b: tuple[int, int], s: int) -> bool:
+    return abs(a[0] - b[0]) < s and abs(a[1] - b[1]) < s
+
+
+@pytest.mark.parametrize("h,w,s,n", [(64, 64, 32, 4), (100, 61, 32, 9), (97, 203, 32, 9), (4000, 3000, 32, 16),
+                                     (33, 65, 32, 4), (32, 32, 32, 9), (300, 40, 32, 5)])
+def test_grid_inside_no_overlap_at_most_n(h: int, w: int, s: int, n: int) -> None:
+    g = crop_grid(h, w, s, n)
+    assert 1 <= len(g) <= n
+    assert len(g) == min(n, (h // s) * (w // s)) or len(g) < n  # as many as fit a grid
+    for t, left in g:
+        assert 0 <= t <= h - s and 0 <= left <= w - s
+    assert not any(_overlap(a, b, s) for i, a in enumerate(g) for b in g[i + 1:])
+
+
+def test_grid_positions_by_hand() -> None:
+    # 2 x 2 grid on 64 x 64: the four quadrants
+    assert crop_grid(64, 64, 32, 4) == [(0, 0), (0, 32), (32, 0), (32, 32)]
+    # 3 x 3 on 100 x 100: corners at 0, floor(34 + .5) = 34, 68
+    assert crop_grid(100, 100, 32, 9) == [(t, le) for t in (0, 34, 68) for le in (0, 34, 68)]
+    # n = 9 but only 2 x 2 cells fit in 64 x 70
+    assert crop_grid(64, 70, 32, 9) == [(0, 0), (0, 38), (32, 0), (32, 38)]
+    # 1 x 3 on a wide image: rows centred
+    assert crop_grid(40, 200, 32, 3) == [(4, 0), (4, 84), (4, 168)]
+    # n = 4 on 96 x 32 (tall, one column): 3 crops
+    assert crop_grid(96, 32, 32, 4) == [(0, 0), (32, 0), (64, 0)]
+
+
+def test_grid_spreads_over_the_image() -> None:
+    # the first and last crops touch the borders: the grid covers the whole extent
+    h, w, s = 1000, 750, 32
+    g = crop_grid(h, w, s, 12)
+    tops, lefts = sorted({t for t, _ in g}), sorted({le for _, le in g})
+    assert tops[0] == 0 and tops[-1] == h - s and lefts[0] == 0 and lefts[-1] == w - s
+    assert len(tops) * len(lefts) == 12 and len(tops) == 4  # 4 x 3 follows the 4:3 aspect ratio
+
+
+def test_one_crop_is_the_centre_crop() -> None:
+    rng = np.random.default_rng(0)
+    for shape in [(100, 61, 3), (31, 17, 3), (64, 64, 3), (33, 90, 3)]:
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        np.testing.assert_array_equal(image_crops(img, 32, 1)[0], eval_patch(img, 32))
+        np.testing.assert_array_equal(image_crops(img, 32, 1, resize=48)[0], eval_patch(img, 32, 48))
+
+
+def test_small_and_odd_images() -> None:
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 256, (20, 13, 3), dtype=np.uint8)
+    c = image_crops(small, 32, 9)
+    assert c.shape == (1, 32, 32, 3)  # padded to 32 x 32: one crop
+    np.testing.assert_array_equal(c[0], eval_patch(small, 32))
+    odd = rng.integers(0, 256, (65, 97, 3), dtype=np.uint8)
+    c = image_crops(odd, 32, 9)
+    assert c.shape == (6, 32, 32, 3)  # 2 x 3 cells
+    np.testing.assert_array_equal(c[-1], odd[33:65, 65:97])
+
+
+# ----------------------------------------------------------------------------- aggregations
+
+
+def _outputs() -> CropOutputs:
+    """Two images: image 0 has 3 crops, image 1 has 1. The 'score' predicts from 2-d logits:
+    pred = argmax, knownness = max logit, class scores = logits."""
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.2], [3.0, 3.0]], np.float32)
+    logits = np.array([[2.0, 0.0], [0.0, 5.0], [1.0, 0.5], [0.0, 1.0]], np.float32)
+
+    def predict(f: Features) -> Prediction:
+        lg = f.logits
+        return Prediction(np.argmax(lg, 1), lg.max(1), lg, f.embedding)
+
+    return CropOutputs(Features(emb, logits), np.array([3, 1]), predict)
+
+
+def test_mean_aggregation() -> None:
+    p = aggregate("mean", _outputs())
+    # mean logits of image 0: (1, 5.5/3) -> class 1, knownness 5.5/3
+    np.testing.assert_allclose(p.class_scores[0], [1.0, 5.5 / 3], rtol=1e-6)
+    assert p.pred.tolist() == [1, 1]
+    np.testing.assert_allclose(p.score, [5.5 / 3, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(p.embedding[0], [2 / 3, 0.4], rtol=1e-6)
+
+
+def test_mean_score_aggregation() -> None:
+    p = aggregate("mean_score", _outputs())
+    # crop knownness 2, 5, 1 -> mean 8/3; mean class scores as the mean logits
+    np.testing.assert_allclose(p.score, [8 / 3, 1.0], rtol=1e-6)
+    assert p.pred.tolist() == [1, 1]
+
+
+def test_vote_aggregation() -> None:
+    p = aggregate("vote", _outputs())
+    # crop votes 0, 1, 0 -> class 0; knownness: mean over its voters (2 + 1) / 2
+    assert p.pred.tolist() == [0, 1]
+    np.testing.assert_allclose(p.score, [1.5, 1.0])
+
+
+def test_vote_tie_goes_to_more_confident_voters() -> None:
+    c = _outputs()
+    c = CropOutputs(Features(c.features.embedding[1:], c.features.logits[1:]), np.array([2, 1]), c.predict)
+    p = aggregate("vote", c)  # votes 1 (score 5) and 0 (score 1): tie -> 1
+    assert p.pred.tolist() == [1, 1]
+    np.testing.assert_allclose(p.score, [5.0, 1.0])
+
+
+def test_max_aggregation() -> None:
+    p = aggregate("max", _outputs())
+    assert p.pred.tolist() == [1, 1]
+    np.testing.assert_allclose(p.score, [5.0, 1.0])
+    np.testing.assert_allclose(p.class_scores[0], [0.0, 5.0])
+
+
+def test_single_crop_every_aggregation_is_the_crop() -> None:
+    base = _outputs()
+    one = CropOutputs(base.features, np.ones(4, np.int64), base.predict)
+    direct = base.predict(base.features)
+    for name in AGGREGATIONS:
+        p = aggregate(name, one)
+        assert p.pred.tolist() == direct.pred.tolist(), name
+        np.testing.assert_allclose(p.score, direct.score, rtol=1e-6, err_msg=name)
+
+
+def test_unknown_aggregation() -> None:
+    with pytest.raises(ValueError, match="unknown crop aggregation"):
+        aggregate("median", _outputs())
+
+
+# ----------------------------------------------------------------------------- a real model
+
+
+def test_model_multi_crop(tmp_path) -> None:  # noqa: ANN001
+    from osma.attribution import Model
+    from osma.methods import create_method
+
+    att = create_method("softmax", ["a", "b"], device="cpu", crop=16, embed_dim=8)
+    rng = np.random.default_rng(0)
+    att.fit_score(rng.normal(size=(10, 8)).astype(np.float32), np.arange(10) % 2)
+    imgs = [rng.integers(0, 256, (40, 50, 3), dtype=np.uint8), rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)]
+    emb1 = att.embed_arrays(imgs)
+    p1, n1 = att.predict_images(imgs)
+    assert n1.tolist() == [1, 1]
+    np.testing.assert_allclose(p1.score, att.predict_embeddings(emb1).score)
+    att.set_inference(crops=4, agg="mean")
+    p4, n4 = att.predict_images(imgs)
+    assert n4.tolist() == [4, 1]  # a 40 x 50 image holds 2 x 3 cells of 16: a 2 x 2 grid; the small one: 1
+    crops_emb, counts = att.embed_crops(imgs)
+    np.testing.assert_allclose(att.embed_arrays(imgs)[0], crops_emb[:4].mean(0), rtol=1e-5)
+    # the row says how many crops were used
+    rows = Model(att).attribute(imgs, tau=0.0)
+    assert [r.crops for r in rows] == [4, 1] and rows[0].to_dict()["crops"] == 4
+    # the setting is saved in the bundle and read back
+    att.save(tmp_path)
+    from osma.methods import load_attributor
+
+    back = load_attributor(tmp_path, "cpu")
+    assert (back.crops, back.crop_agg) == (4, "mean")
+    with pytest.raises(ValueError, match="unknown crop aggregation"):
+        att.set_inference(agg="median")
