@@ -167,3 +167,65 @@ def test_model_multi_crop(tmp_path) -> None:  # noqa: ANN001
     assert (back.crops, back.crop_agg) == (4, "mean")
     with pytest.raises(ValueError, match="unknown crop aggregation"):
         att.set_inference(agg="median")
+
+
+# ----------------------------------------------------------------------------- training crops
+
+
+def test_training_crops_cover_the_image_and_mixed_sizes_batch(tmp_path) -> None:  # noqa: ANN001
+    from PIL import Image
+
+    from osma.images import CropConfig, ImageDataset, make_loader
+
+    sizes = [(96, 64), (33, 200), (20, 25), (64, 64)]
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        # pixel value encodes its position: row * w + col, split over two channels
+        pos = np.arange(h * w).reshape(h, w)
+        img = np.stack([pos // 256, pos % 256, np.full_like(pos, i)], -1).astype(np.uint8)
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    ds = ImageDataset([(p, i % 2) for i, p in enumerate(paths)], CropConfig(size=32, train=True), seed=0)
+    # over epochs, the random crops of the 96 x 64 image reach every pixel
+    seen = np.zeros((96, 64), bool)
+    for epoch in range(200):
+        ds.set_epoch(epoch)
+        x = ds[0][0].numpy()
+        pos = x[0].astype(int) * 256 + x[1].astype(int)
+        seen[pos // 64, pos % 64] = True
+    assert seen.all()
+    # images of mixed sizes (smaller and larger than the crop) batch into one tensor
+    loader = make_loader(ds, 4, train=True, per_class=2, workers=0, seed=0)
+    batch = next(iter(loader))
+    assert tuple(batch[0].shape) == (4, 3, 32, 32)
+    assert sorted(batch[0][:, 2, 0, 0].tolist()) == [0, 1, 2, 3]
+
+
+def test_training_crop_offsets_cover_every_pixel_equally() -> None:
+    from osma.images.transforms import _cover_offset
+
+    class Fixed:  # an rng whose next integer draw is given
+        def __init__(self, v: int) -> None:
+            self.v = v
+
+        def integers(self, low: int, high: int) -> int:
+            assert low <= self.v < high
+            return self.v
+
+    for length, size in [(96, 32), (33, 32), (200, 7), (32, 32)]:
+        cover = np.zeros(length, int)
+        draws = range(-(size - 1), length) if length > size else [0]
+        for v in draws:
+            off = _cover_offset(length, size, Fixed(v))
+            assert 0 <= off <= length - size
+            cover[off:off + size] += 1
+        if length == size:
+            assert (cover == 1).all()
+            continue
+        # every pixel at least as often as a central one (size), border pixels exactly so,
+        # none more than twice as often
+        assert cover.min() == size and cover.max() <= 2 * size, (length, size)
+        assert cover[0] == cover[-1] == size
+        if length >= 3 * size:
+            assert (cover[2 * size:-2 * size] == size).all()
+

@@ -52,12 +52,30 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
     return img[top : top + size, left : left + size]
 
 
+def _cover_offset(length: int, size: int, rng: np.random.Generator) -> int:
+    """A crop offset along one axis under which no pixel is covered less often than a central one.
+
+    The offset is drawn uniformly from ``[-(size - 1), length - 1]`` and clamped to
+    ``[0, length - size]``: of the ``length + size - 1`` draws, pixel ``r`` is covered by
+    ``size`` (pixels at least ``size`` from both borders, and the border pixels) to
+    at most ``2 size`` (pixels inside the border bands). Uniform offsets in
+    ``[0, length - size]`` would cover a border pixel ``size`` times less often than a
+    central one, so the borders of a large image were almost never seen. A side equal to
+    ``size`` draws nothing, so images of the crop size keep the random stream of the other
+    augmentations unchanged.
+    """
+    if length <= size:
+        return 0
+    return int(np.clip(rng.integers(-(size - 1), length), 0, length - size))
+
+
 def random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Uniformly placed ``size`` x ``size`` crop; pads first if smaller."""
+    """Randomly placed ``size`` x ``size`` crop, no pixel less likely to be in it than a
+    central one (:func:`_cover_offset`); pads first if smaller."""
     img = pad_to(img, size)
     h, w = img.shape[:2]
-    top = int(rng.integers(0, h - size + 1))
-    left = int(rng.integers(0, w - size + 1))
+    top = _cover_offset(h, size, rng)
+    left = _cover_offset(w, size, rng)
     return img[top : top + size, left : left + size]
 
 
