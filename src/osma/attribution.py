@@ -322,12 +322,17 @@ def _array_to_rgb(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a[:, :, :3])
 
 
-def decode_many(items: Sequence[ImageInput], threads: int = 1) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """Decode a batch (in ``threads`` threads); returns ({index: array}, {index: error message})."""
+def decode_many(items: Sequence[ImageInput], threads: int = 1,
+                transform: Any = None) -> tuple[dict[int, np.ndarray], dict[int, str]]:  # noqa: ANN401
+    """Decode a batch (in ``threads`` threads); returns ({index: array}, {index: error message}).
+
+    ``transform`` (e.g. a model's ``crop_patches``) is applied to each image as soon as it is
+    decoded, so that only its result, not the full-resolution image, is kept for the batch.
+    """
 
     def one(item: ImageInput) -> np.ndarray | str:
         try:
-            return decode(item)
+            return decode(item) if transform is None else transform(decode(item))
         except Exception as exc:  # noqa: BLE001 - any decoding failure becomes that row's error
             msg = str(exc) or type(exc).__name__
             path = _path_of(item)
@@ -348,17 +353,25 @@ def embed_batches(attributor, items: Sequence[ImageInput], batch_size: int,  # n
                   threads: int = 1) -> Iterator[tuple[list[int], np.ndarray, dict[int, str]]]:
     """The one batched inference loop (attribute, serve, calibrate, evaluate, enroll).
 
-    Decodes ``batch_size`` items at a time and embeds the readable ones with the model's
-    evaluation patch; yields (indices of the embedded items, their embeddings, {index:
+    Decodes ``batch_size`` items at a time, cuts each into the model's crops as soon as it is
+    decoded (only the crops of a batch are held), and embeds the readable ones (with several
+    crops per image, the mean of the crop embeddings); yields (indices of the embedded items, their embeddings, {index:
     error}) per batch, indices counted over ``items``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    crop = getattr(attributor, "crop_patches", None)  # decode, then crop at once (bounded memory)
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
-        decoded, errs = decode_many(batch, threads)
+        decoded, errs = decode_many(batch, threads, crop)
         ok = [i for i in range(len(batch)) if i not in errs]
-        emb = np.asarray(attributor.embed_arrays([decoded[i] for i in ok])) if ok else np.zeros((0, 0), np.float32)
+        arrays = [decoded[i] for i in ok]
+        if not ok:
+            emb = np.zeros((0, 0), np.float32)
+        elif crop is not None:
+            emb = np.asarray(attributor.embed_patches(arrays))
+        else:
+            emb = np.asarray(attributor.embed_arrays(arrays))
         yield [start + i for i in ok], emb, {start + i: e for i, e in errs.items()}
 
 
@@ -371,11 +384,14 @@ def predict_batches(attributor, items: Sequence[ImageInput], batch_size: int,  #
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     predict = getattr(attributor, "predict_images", None)
+    crop = getattr(attributor, "crop_patches", None)  # decode, then crop at once (bounded memory)
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
-        decoded, errs = decode_many(batch, threads)
+        decoded, errs = decode_many(batch, threads, crop)
         ok = [i for i in range(len(batch)) if i not in errs]
-        if ok and predict is not None:
+        if ok and crop is not None:
+            pred, counts = attributor.predict_patches([decoded[i] for i in ok])
+        elif ok and predict is not None:
             pred, counts = predict([decoded[i] for i in ok])
         elif ok:  # an attributor written against the older interface
             pred = attributor.predict_embeddings(np.asarray(attributor.embed_arrays([decoded[i] for i in ok])))

@@ -258,9 +258,12 @@ class NetworkMethod(Attributor):
     @torch.no_grad()
     def embed_crops(self, images: list[np.ndarray], batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Embed every crop of decoded images: (embeddings (M, D), crops per image (N,))."""
+        return self._embed_patch_sets([self.crop_patches(np.asarray(im)) for im in images], batch_size)
+
+    @torch.no_grad()
+    def _embed_patch_sets(self, patches: list[np.ndarray], batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         bs = int(batch_size or self.opts.embed_batch_size)
         self.train_mode(False)
-        patches = [self.crop_patches(np.asarray(im)) for im in images]
         counts = np.array([len(p) for p in patches], np.int64)
         flat = np.concatenate(patches) if patches else np.zeros((0, self.pre.crop, self.pre.crop, 3), np.uint8)
         out = [self.features(self.input_tensor(flat[i:i + bs])).float().cpu().numpy() for i in range(0, len(flat), bs)]
@@ -288,9 +291,25 @@ class NetworkMethod(Attributor):
         ``crop_agg``: (one prediction per image, crops used per image)."""
         if self.crops == 1:
             return super().predict_images(images)
+        return self.predict_patches([self.crop_patches(np.asarray(im)) for im in images])
+
+    def embed_patches(self, patches: list[np.ndarray]) -> np.ndarray:
+        """Embeddings of images given as their :meth:`crop_patches` (the mean over each
+        image's crops): what :meth:`embed_arrays` gives for the images themselves."""
+        from osma.crops import CropOutputs
+
+        emb, counts = self._embed_patch_sets(patches)
+        if (counts == 1).all():
+            return emb
+        return CropOutputs(Features(emb), counts, self.predict_features).image_embedding
+
+    def predict_patches(self, patches: list[np.ndarray]) -> tuple[Prediction, np.ndarray]:
+        """:meth:`predict_images` for images given as their :meth:`crop_patches`."""
         from osma.crops import CropOutputs, aggregate
 
-        emb, counts = self.embed_crops(images)
+        emb, counts = self._embed_patch_sets(patches)
+        if (counts == 1).all():  # one crop each: no aggregation (bit-identical to predict_embeddings)
+            return self.predict_embeddings(emb), counts
         return aggregate(self.crop_agg, CropOutputs(self.features_of(emb), counts, self.predict_features)), counts
 
     def predict_features(self, feats: Features) -> Prediction:
