@@ -156,6 +156,10 @@ def test_model_multi_crop(tmp_path) -> None:  # noqa: ANN001
     assert n4.tolist() == [4, 1]  # a 40 x 50 image holds 2 x 3 cells of 16: a 2 x 2 grid; the small one: 1
     crops_emb, counts = att.embed_crops(imgs)
     np.testing.assert_allclose(att.embed_arrays(imgs)[0], crops_emb[:4].mean(0), rtol=1e-5)
+    # enroll / discover embed through Model.embed: the mean crop embedding, decoded then cropped
+    emb, kept, errors = Model(att).embed(imgs)
+    assert kept == [0, 1] and not errors
+    np.testing.assert_allclose(emb, att.embed_arrays(imgs), rtol=1e-5, atol=1e-6)
     # the row says how many crops were used
     rows = Model(att).attribute(imgs, tau=0.0)
     assert [r.crops for r in rows] == [4, 1] and rows[0].to_dict()["crops"] == 4

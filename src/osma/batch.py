@@ -12,7 +12,7 @@ Output files must be on storage every actor sees (a shared file system on a clus
 
 Rows: JSONL shards hold exactly the JSON lines of ``osma attribute --format jsonl``;
 Parquet shards hold the columns of ``--format csv`` (``path, source, nearest, score,
-threshold, error, score:<source>...``), numbers as float64 and missing values as nulls.
+threshold, error, crops, score:<source>...``), numbers as float64 and missing values as nulls.
 """
 from __future__ import annotations
 
@@ -78,12 +78,12 @@ def shard(items: Sequence[Any], i: int, n: int) -> list[Any]:  # noqa: ANN401
 # --- rows --------------------------------------------------------------------------------
 def columns(sources: Sequence[str]) -> list[str]:
     """Parquet columns: those of ``osma attribute --format csv``."""
-    return ["path", "source", "nearest", "score", "threshold", "error"] + [f"score:{s}" for s in sources]
+    return ["path", "source", "nearest", "score", "threshold", "error", "crops"] + [f"score:{s}" for s in sources]
 
 
 def flat_row(d: dict[str, Any], sources: Sequence[str]) -> dict[str, Any]:
     """An ``Attribution.to_dict()`` as one Parquet row (per-source scores as columns)."""
-    row = {k: d.get(k) for k in ("path", "source", "nearest", "score", "threshold", "error")}
+    row = {k: d.get(k) for k in ("path", "source", "nearest", "score", "threshold", "error", "crops")}
     row.update({f"score:{s}": d["scores"].get(s) for s in sources})
     return row
 
@@ -92,7 +92,7 @@ def nested_row(row: dict[str, Any], sources: Sequence[str]) -> dict[str, Any]:
     """Inverse of :func:`flat_row` (scores of images that failed are an empty dict)."""
     d = {k: row.get(k) for k in ("source", "nearest", "score", "threshold")}
     d["scores"] = {} if row.get("error") else {s: row.get(f"score:{s}") for s in sources}
-    d["path"], d["error"] = row.get("path"), row.get("error")
+    d["path"], d["error"], d["crops"] = row.get("path"), row.get("error"), row.get("crops")
     return d
 
 
@@ -101,7 +101,8 @@ def _write_parquet(rows: list[dict[str, Any]], sources: Sequence[str], path: Pat
     import pyarrow.parquet as pq
 
     cols = columns(sources)
-    types = {c: pa.float64() if c in ("score", "threshold") or c.startswith("score:") else pa.string() for c in cols}
+    types = {c: pa.float64() if c in ("score", "threshold") or c.startswith("score:")
+             else pa.int64() if c == "crops" else pa.string() for c in cols}
     flat = [flat_row(d, sources) for d in rows]
     table = pa.table({c: pa.array([r[c] for r in flat], type=types[c]) for c in cols})
     pq.write_table(table, path)
