@@ -93,3 +93,36 @@ def test_train_calibrate_evaluate_on_folder(folder: Path, tmp_path: Path) -> Non
     res = _invoke("evaluate", run, "--data", folder, "--out", tmp_path / "eval2", "--no-plots", "--device", "cpu")
     assert res.exit_code == 2
     assert "no longer give the split the model was trained on" in res.output
+
+
+def test_folder_of_large_images_with_crops(micro_zoo: Path, tmp_path: Path) -> None:
+    """64 x 64 images (2 x 2 tiles of one source's 32 x 32 images), trained at crop 32,
+    calibrated with --crops 4 (stored), evaluated and attributed with it."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "big"
+    for src in ("real", "vae_science_s0", "vae_science_s1"):
+        imgs = [np.asarray(Image.open(p).convert("RGB"))
+                for p in sorted((micro_zoo.parent / "dataset" / "images" / src).glob("*.png"))]
+        (root / src).mkdir(parents=True)
+        for i in range(0, len(imgs) - 3, 2):
+            a, b, c, d = imgs[i:i + 4]
+            tiled = np.concatenate([np.concatenate([a, b], 1), np.concatenate([c, d], 1)], 0)
+            Image.fromarray(tiled).save(root / src / f"{i:03d}.png")
+    run = tmp_path / "run"
+    res = _invoke("train", "--data", root, "--unknown-seed", "vae_science_s1", "--method", "softmax", "--epochs", "1",
+                  "--out", run, "--quiet", "--device", "cpu", "--crop", "32", "--opt", "precise_bn=false")
+    assert res.exit_code == 0, res.output
+    res = _invoke("calibrate", run, "--data", root, "--crops", "4", "--agg", "vote", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "model.json").read_text())["inference"] == {"crops": 4, "agg": "vote"}
+    res = _invoke("evaluate", run, "--out", tmp_path / "eval", "--no-plots", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["inference"] == {"crops": 4, "agg": "vote"}
+    one = next((root / "real").glob("*.png"))
+    res = _invoke("attribute", run, one, "--format", "jsonl", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["crops"] == 4
+    res = _invoke("attribute", run, one, "--format", "jsonl", "--crops", "1", "--device", "cpu")
+    assert json.loads(res.stdout.strip().splitlines()[-1])["crops"] == 1

@@ -230,6 +230,9 @@ def evaluate(
 
     report: dict = {
         "method": attributor.method,
+        # several crops per image (osma.crops): recorded only then, so other reports are unchanged
+        **({"inference": {"crops": attributor.crops, "agg": attributor.crop_agg}}
+           if getattr(attributor, "crops", 1) != 1 else {}),
         "score": score.describe() if hasattr(score, "describe") else None,
         "classes": known_classes,
         "unknown_groups": {g: list(split.unknown_classes.get(g, [])) for g in UNKNOWN_GROUPS},
