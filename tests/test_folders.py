@@ -126,3 +126,16 @@ def test_folder_of_large_images_with_crops(micro_zoo: Path, tmp_path: Path) -> N
     assert json.loads(res.stdout.strip().splitlines()[-1])["crops"] == 4
     res = _invoke("attribute", run, one, "--format", "jsonl", "--crops", "1", "--device", "cpu")
     assert json.loads(res.stdout.strip().splitlines()[-1])["crops"] == 1
+
+
+def test_resume_on_folder_keeps_the_split(folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    common = ["train", "--data", folder, "--method", "softmax", "--out", run, "--quiet", "--device", "cpu",
+              "--batches-per-epoch", "1", "--opt", "precise_bn=false"]
+    res = _invoke(*common, "--epochs", "1", *SPLIT_OPTS)
+    assert res.exit_code == 0, res.output
+    first = json.loads((run / "model.json").read_text())["training"]["folder"]
+    res = _invoke(*common, "--epochs", "2", "--resume")  # no split options: the recorded ones
+    assert res.exit_code == 0, res.output
+    rec = json.loads((run / "model.json").read_text())["training"]
+    assert rec["epochs_done"] == 2 and rec["folder"] == first

@@ -176,7 +176,8 @@ class Trainer:
         """What ``checkpoints/config.json`` records: the run's configuration."""
         m = self.method
         return {"method": m.method, "classes": m.classes[: m.n_train], "preprocess": m.pre.to_dict(),
-                "options": m.opts.to_dict(), "score": m.score.describe()}
+                "options": m.opts.to_dict(), "score": m.score.describe(),
+                **({"folder": m.training.folder} if m.training.folder else {})}  # a folder split, for --resume
 
     @torch.no_grad()
     def recompute_bn(self, loader) -> None:  # noqa: ANN001

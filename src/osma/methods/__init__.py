@@ -122,13 +122,15 @@ def train(
     from osma.runtime import seed_everything
     from osma.trainer import Trainer
 
-    sp = open_data(data_list, split, root, **(folder or {}))
+    saved = Path(out) / "checkpoints" / "config.json"
+    # resuming on a folder: the split recorded when the run started (and refused if the images changed)
+    recorded = json.loads(saved.read_text(encoding="utf-8")).get("folder") if resume and saved.is_file() else None
+    sp = open_data(data_list, split, root, recorded=recorded, **(folder or {}))
     classes = list(sp.known_classes)
     cfg = {k: v for k, v in config.items() if v is not None}
     if cfg.get("per_class") is None and batch_size is not None:
         cfg["per_class"] = max(1, int(batch_size) // len(classes))
     cfg.update(seed=seed, **({"epochs": epochs} if epochs is not None else {}))
-    saved = Path(out) / "checkpoints" / "config.json"
     if resume and saved.is_file():
         # the interrupted run's configuration wins (except a longer/shorter epoch count)
         cfg = {**_resume_config(saved, method), **({"epochs": epochs} if epochs is not None else {})}
