@@ -233,3 +233,25 @@ def test_training_crop_offsets_cover_every_pixel_equally() -> None:
         if length >= 3 * size:
             assert (cover[2 * size:-2 * size] == size).all()
 
+
+
+def test_training_cache_is_bounded_in_bytes(tmp_path) -> None:  # noqa: ANN001
+    import pickle
+
+    from PIL import Image
+
+    from osma.images import CropConfig, ImageDataset
+
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.full((40, 50, 3), i, np.uint8)).save(paths[-1])
+    one = 40 * 50 * 3
+    ds = ImageDataset([(p, 0) for p in paths], CropConfig(size=32, train=True), cache=True, cache_bytes=2 * one + 1)
+    ds.preload(threads=2)
+    assert len(ds._arrays) == 2 and ds._cached_bytes == 2 * one
+    for i in range(4):  # images beyond the budget are decoded when used, and not kept
+        assert int(ds[i][0][0, 0, 0]) == i
+    assert len(ds._arrays) == 2
+    back = pickle.loads(pickle.dumps(ds))  # picklable for spawned DataLoader workers
+    assert int(back[3][0][0, 0, 0]) == 3

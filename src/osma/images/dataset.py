@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,10 @@ from osma.images.decode import MAX_PIXELS, ImageError, load_image
 from osma.images.transforms import CropConfig, eval_patch, hflip, random_crop, random_jpeg, resize
 
 log = logging.getLogger(__name__)
+
+#: most bytes of decoded images an :class:`ImageDataset` keeps in memory (``cache=True``);
+#: 4 GiB: about 110 12-megapixel photos, or 1.4 million 32 x 32 zoo images
+CACHE_BYTES: int = 4 << 30
 
 
 # --------------------------------------------------------------------------- balanced batches
@@ -133,7 +138,8 @@ class ImageDataset(Dataset):
     logged once as a warning, and ``__getitem__`` returns ``None`` for it (also on later
     accesses, without re-reading it); :func:`collate_skip` drops these items from batches.
     ``cache=True`` keeps decoded (resized) images in memory - in eval mode only the final
-    crop - see :meth:`preload`.
+    crop - see :meth:`preload`, up to ``cache_bytes`` (default :data:`CACHE_BYTES`); images
+    beyond it are decoded again whenever used (large photos would otherwise fill the memory).
     """
 
     def __init__(
@@ -144,6 +150,7 @@ class ImageDataset(Dataset):
         cache: bool = False,
         seed: int = 0,
         max_pixels: int = MAX_PIXELS,
+        cache_bytes: int | None = None,
     ) -> None:
         self.paths = [Path(p) for p, _ in samples]
         self.labels = [int(y) for _, y in samples]
@@ -157,9 +164,21 @@ class ImageDataset(Dataset):
         self._fail_log: list[tuple[int, str]] = []  # (index, reason), parallel to failed
         self._reported = 0  # in a worker: how much of _fail_log was sent to the main process
         self._arrays: dict[int, np.ndarray] = {}
+        self.cache_bytes = CACHE_BYTES if cache_bytes is None else int(cache_bytes)
+        self._cached_bytes = 0
+        self._cache_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def __getstate__(self) -> dict[str, Any]:  # a lock cannot be pickled (spawned DataLoader workers)
+        state = dict(self.__dict__)
+        state.pop("_cache_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._cache_lock = threading.Lock()
 
     def set_epoch(self, epoch: int) -> None:
         """Select the random draws of epoch ``epoch`` (training augmentations)."""
@@ -188,7 +207,10 @@ class ImageDataset(Dataset):
         elif self.config.resize:
             arr = resize(arr, self.config.resize)
         if self.cache:
-            self._arrays[index] = arr
+            with self._cache_lock:  # preload fills the cache from several threads
+                if self._cached_bytes + arr.nbytes <= self.cache_bytes and index not in self._arrays:
+                    self._arrays[index] = arr
+                    self._cached_bytes += arr.nbytes
         return arr
 
     def preload(self, threads: int | None = None) -> None:
@@ -201,6 +223,8 @@ class ImageDataset(Dataset):
         todo = [i for i in range(len(self)) if i not in self._arrays and i not in self._bad]
 
         def one(i: int) -> tuple[int, str | None]:
+            if self._cached_bytes >= self.cache_bytes:  # full: the rest is decoded when used
+                return i, None
             try:
                 self._base(i)
                 return i, None
