@@ -181,7 +181,7 @@ def test_training_crops_cover_the_image_and_mixed_sizes_batch(tmp_path) -> None:
 
     from osma.images import CropConfig, ImageDataset, make_loader
 
-    sizes = [(96, 64), (33, 200), (20, 25), (64, 64)]
+    sizes = [(128, 100), (33, 200), (20, 25), (64, 64)]
     paths = []
     for i, (h, w) in enumerate(sizes):
         # pixel value encodes its position: row * w + col, split over two channels
@@ -190,13 +190,13 @@ def test_training_crops_cover_the_image_and_mixed_sizes_batch(tmp_path) -> None:
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(img).save(paths[-1])
     ds = ImageDataset([(p, i % 2) for i, p in enumerate(paths)], CropConfig(size=32, train=True), seed=0)
-    # over epochs, the random crops of the 96 x 64 image reach every pixel
-    seen = np.zeros((96, 64), bool)
+    # over epochs, the random crops of the 128 x 100 image reach every pixel
+    seen = np.zeros((128, 100), bool)
     for epoch in range(200):
         ds.set_epoch(epoch)
         x = ds[0][0].numpy()
         pos = x[0].astype(int) * 256 + x[1].astype(int)
-        seen[pos // 64, pos % 64] = True
+        seen[pos // 100, pos % 100] = True
     assert seen.all()
     # images of mixed sizes (smaller and larger than the crop) batch into one tensor
     loader = make_loader(ds, 4, train=True, per_class=2, workers=0, seed=0)
@@ -205,7 +205,7 @@ def test_training_crops_cover_the_image_and_mixed_sizes_batch(tmp_path) -> None:
     assert sorted(batch[0][:, 2, 0, 0].tolist()) == [0, 1, 2, 3]
 
 
-def test_training_crop_offsets_cover_every_pixel_equally() -> None:
+def test_training_crop_offsets() -> None:
     from osma.images.transforms import _cover_offset
 
     class Fixed:  # an rng whose next integer draw is given
@@ -216,23 +216,29 @@ def test_training_crop_offsets_cover_every_pixel_equally() -> None:
             assert low <= self.v < high
             return self.v
 
-    for length, size in [(96, 32), (33, 32), (200, 7), (32, 32)]:
+    # images up to twice the crop: the uniform draw of before, the same random stream
+    for length, size in [(32, 24), (32, 16), (40, 32), (32, 32), (64, 32)]:
+        for seed in range(20):
+            a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+            assert _cover_offset(length, size, a) == int(b.integers(0, length - size + 1))
+            assert a.random() == b.random()
+    # images of at least 3 x crop - 1: border pixels covered as often as central ones
+    for length, size in [(96, 32), (95, 32), (200, 7), (4000, 32)]:
         cover = np.zeros(length, int)
-        draws = range(-(size - 1), length) if length > size else [0]
-        for v in draws:
+        for v in range(-(size - 1), length):
             off = _cover_offset(length, size, Fixed(v))
             assert 0 <= off <= length - size
             cover[off:off + size] += 1
-        if length == size:
-            assert (cover == 1).all()
-            continue
-        # every pixel at least as often as a central one (size), border pixels exactly so,
-        # none more than twice as often
         assert cover.min() == size and cover.max() <= 2 * size, (length, size)
         assert cover[0] == cover[-1] == size
-        if length >= 3 * size:
-            assert (cover[2 * size:-2 * size] == size).all()
-
+        assert (cover[2 * size:-2 * size] == size).all()
+    # in between: partly corrected (the first row more often than under uniform offsets)
+    e = 80 - 64
+    cover = np.zeros(80, int)
+    for v in range(-e, 80 - 32 + e + 1):
+        off = _cover_offset(80, 32, Fixed(v))
+        cover[off:off + 32] += 1
+    assert cover[0] == e + 1 and cover[40] == 32
 
 
 def test_training_cache_is_bounded_in_bytes(tmp_path) -> None:  # noqa: ANN001

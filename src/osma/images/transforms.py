@@ -53,25 +53,32 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def _cover_offset(length: int, size: int, rng: np.random.Generator) -> int:
-    """A crop offset along one axis under which no pixel is covered less often than a central one.
+    """A random crop offset along one axis that reaches the borders of large images.
 
-    The offset is drawn uniformly from ``[-(size - 1), length - 1]`` and clamped to
-    ``[0, length - size]``: of the ``length + size - 1`` draws, pixel ``r`` is covered by
-    ``size`` (pixels at least ``size`` from both borders, and the border pixels) to
-    at most ``2 size`` (pixels inside the border bands). Uniform offsets in
-    ``[0, length - size]`` would cover a border pixel ``size`` times less often than a
-    central one, so the borders of a large image were almost never seen. A side equal to
-    ``size`` draws nothing, so images of the crop size keep the random stream of the other
-    augmentations unchanged.
+    Uniform offsets in ``[0, length - size]`` cover a pixel within ``size`` of a border
+    up to ``size`` times less often than a central one: on a photo many times the crop,
+    its borders are almost never seen. The offset is therefore drawn uniformly from
+    ``[-e, length - size + e]`` and clamped to ``[0, length - size]``, with the extension
+    ``e = clip(length - 2 size, 0, size - 1)``:
+
+    * ``length <= 2 size`` (e.g. the zoo's 32-pixel images at any crop >= 16): ``e = 0``,
+      exactly the uniform draw (same random stream, bit-identical training);
+    * ``length >= 3 size - 1``: ``e = size - 1``, and of the ``length + size - 1`` draws a
+      border pixel is covered ``size`` times, as often as a central one (pixels inside the
+      border band up to twice as often);
+    * in between, partly corrected. (Correcting small images fully would put most of the
+      mass on the two end offsets and make the crops far less varied.)
     """
-    if length <= size:
+    span = length - size
+    if span <= 0:
         return 0
-    return int(np.clip(rng.integers(-(size - 1), length), 0, length - size))
+    e = int(np.clip(length - 2 * size, 0, size - 1))
+    return int(np.clip(rng.integers(-e, span + e + 1), 0, span))
 
 
 def random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Randomly placed ``size`` x ``size`` crop, no pixel less likely to be in it than a
-    central one (:func:`_cover_offset`); pads first if smaller."""
+    """Randomly placed ``size`` x ``size`` crop (:func:`_cover_offset`: uniform on images up
+    to twice the crop, reaching the borders of larger ones); pads first if smaller."""
     img = pad_to(img, size)
     h, w = img.shape[:2]
     top = _cover_offset(h, size, rng)
