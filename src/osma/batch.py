@@ -83,7 +83,9 @@ def columns(sources: Sequence[str]) -> list[str]:
 
 def flat_row(d: dict[str, Any], sources: Sequence[str]) -> dict[str, Any]:
     """An ``Attribution.to_dict()`` as one Parquet row (per-source scores as columns)."""
-    row = {k: d.get(k) for k in ("path", "source", "nearest", "score", "threshold", "error", "crops")}
+    row = {k: d.get(k) for k in ("path", "source", "nearest", "score", "threshold", "error")}
+    if "crops" in d:
+        row["crops"] = d["crops"]
     row.update({f"score:{s}": d["scores"].get(s) for s in sources})
     return row
 
@@ -92,7 +94,9 @@ def nested_row(row: dict[str, Any], sources: Sequence[str]) -> dict[str, Any]:
     """Inverse of :func:`flat_row` (scores of images that failed are an empty dict)."""
     d = {k: row.get(k) for k in ("source", "nearest", "score", "threshold")}
     d["scores"] = {} if row.get("error") else {s: row.get(f"score:{s}") for s in sources}
-    d["path"], d["error"], d["crops"] = row.get("path"), row.get("error"), row.get("crops")
+    d["path"], d["error"] = row.get("path"), row.get("error")
+    if "crops" in row:
+        d["crops"] = row["crops"]
     return d
 
 
@@ -104,7 +108,7 @@ def _write_parquet(rows: list[dict[str, Any]], sources: Sequence[str], path: Pat
     types = {c: pa.float64() if c in ("score", "threshold") or c.startswith("score:")
              else pa.int64() if c == "crops" else pa.string() for c in cols}
     flat = [flat_row(d, sources) for d in rows]
-    table = pa.table({c: pa.array([r[c] for r in flat], type=types[c]) for c in cols})
+    table = pa.table({c: pa.array([r.get(c) for r in flat], type=types[c]) for c in cols})
     pq.write_table(table, path)
 
 
