@@ -41,12 +41,14 @@ class _Stub:
 
 
 def _submit_together(b: Batcher, jobs: list[tuple[list[int], float | None]]) -> list[object]:
+    """Submit ``jobs`` from as many threads, each "decoding" (entered) before any submits."""
     start = threading.Barrier(len(jobs))
 
     def one(job: tuple[list[int], float | None]) -> object:
+        b.enter()
         start.wait()
         try:
-            return b.submit(*job)
+            return b.submit(*job, leave=True)
         except RuntimeError as exc:
             return exc
 
@@ -87,14 +89,21 @@ def test_batcher_failure_reaches_only_the_culprit() -> None:
     assert stub.batches[0] and len(stub.batches) == 4  # the batch, then each group alone
 
 
-def test_batcher_lone_client_waits_at_most_the_window() -> None:
+def test_batcher_waits_only_for_requests_on_their_way_and_at_most_the_window() -> None:
     stub = _Stub()
-    b = Batcher(stub, window=0.2, max_batch=64)
+    b = Batcher(stub, window=5.0, max_batch=64)
     t0 = time.monotonic()
     assert b.submit([7], None) == [(7, None)]
-    elapsed = time.monotonic() - t0
+    assert time.monotonic() - t0 < 2.0  # nobody else decoding: no wait at all (the window is 5 s)
     b.close()
-    assert 0.19 <= elapsed < 0.2 + 2.0  # it waits for company up to the window, then goes
+    b = Batcher(stub, window=0.3, max_batch=64)
+    b.enter()  # another request is decoding and never submits
+    t0 = time.monotonic()
+    assert b.submit([8], None) == [(8, None)]
+    elapsed = time.monotonic() - t0
+    b.leave()
+    b.close()
+    assert 0.29 <= elapsed < 0.3 + 2.0  # it waited for company up to the window, then went
     with pytest.raises(ValueError, match="max_batch"):
         Batcher(stub, max_batch=0)
     with pytest.raises(ValueError, match="window"):
@@ -108,7 +117,16 @@ def _post(url: str, name: str, data: bytes, tau: float | None = None) -> httpx.R
                       timeout=TIMEOUT)
 
 
-def test_concurrent_requests_give_the_sequential_json() -> None:
+def test_concurrent_requests_give_the_sequential_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    import osma.server
+
+    real = osma.server._decode_upload
+
+    def slow(data: bytes, max_pixels: int) -> np.ndarray:
+        time.sleep(0.05)  # decodes overlap, so that groups meet in the batcher
+        return real(data, max_pixels)
+
+    monkeypatch.setattr(osma.server, "_decode_upload", slow)
     fake = make_fake()
     fake.tau = -3.0
     names = ["red", "green", "blue", "yellow"] * 3

@@ -11,12 +11,14 @@ and one model batch at a time keeps memory bounded).
 
 Micro-batching (issue 17; :func:`serve`, ``osma serve``): concurrent requests are predicted
 together. A request decodes its images (below), turns each into its evaluation patch (the
-network's crop) and hands them to the batcher, which waits ``batch_window_ms``
-(``--batch-window-ms``, default 5 ms) after the first waiting request for others, up to
-``max_batch`` images (``--max-batch``, default 64), and embeds and scores them as one
+network's crop) and hands them to the :class:`Batcher`, which collects waiting requests
+up to ``max_batch`` images (``--max-batch``, default 64) and embeds and scores them as one
 batch; each request gets its own rows, decided with its own ``tau`` (the same rows as
-alone, up to the floating-point rounding of a batch in the network). A client alone waits
-at most the window more than without batching. ``--max-batch 1`` turns batching off.
+alone, up to the floating-point rounding of a batch in the network). The batcher waits
+for more only while other requests are still decoding, and never longer than
+``batch_window_ms`` (``--batch-window-ms``, default 5 ms) after the oldest waiting
+request: a client alone is not delayed, and none by more than the window.
+``--max-batch 1`` turns batching off.
 
 Limits against slow, oversized and concurrent clients (:func:`serve`, ``osma serve``):
 
@@ -89,7 +91,6 @@ import asyncio
 import collections
 import io
 import math
-import queue
 import threading
 import time
 import warnings
@@ -137,15 +138,17 @@ class _Job:
 class Batcher:
     """Micro-batching of concurrent requests: one thread runs every prediction.
 
-    Request threads decode their images, turn them into evaluation patches
-    (:meth:`osma.attribution.Model.prepare`, crop-sized) and :meth:`submit` them. The
-    batching thread takes the oldest waiting group, waits until ``window`` seconds after
-    *its* arrival for more (never longer: a lone client is delayed by at most the window),
-    adds whole groups while the batch stays within ``max_batch`` images, and predicts them
-    as one batch (:meth:`osma.attribution.Model.attribute_prepared`, each row with its own
-    request's ``tau``). Should the batch fail, each group is predicted alone, so a failure
-    reaches only the request that caused it. ``max_batch=1`` or ``window=0`` with one
-    client at a time is the unbatched server: one request's group per prediction.
+    Request threads decode their images (between :meth:`enter` and :meth:`leave`: "busy"),
+    turn them into evaluation patches (:meth:`osma.attribution.Model.prepare`, crop-sized)
+    and :meth:`submit` them. The batching thread takes the oldest waiting group and adds
+    later ones, whole, while the batch stays within ``max_batch`` images; it predicts the
+    batch as soon as it is full, or no request is busy decoding (nothing more is on its
+    way: a lone client is not delayed at all), or ``window`` seconds have passed since the
+    oldest group arrived (no request waits longer than the window for company). The batch
+    is predicted as one (:meth:`osma.attribution.Model.attribute_prepared`, each row with
+    its own request's ``tau``); should that fail, each group is predicted alone, so a
+    failure reaches only the request that caused it. ``max_batch=1`` is the unbatched
+    server: one request's group per prediction.
     """
 
     def __init__(self, model: Model, window: float = DEFAULT_BATCH_WINDOW_MS / 1000,
@@ -157,58 +160,79 @@ class Batcher:
         self.model = model
         self.window = float(window)
         self.max_batch = int(max_batch)
-        self._queue: queue.Queue[Optional[_Job]] = queue.Queue()
-        self._held: Optional[_Job] = None  # taken from the queue but left for the next batch
+        self._cond = threading.Condition()
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._busy = 0
+        self._closed = False
         #: sizes (images) of the batches predicted so far, the last 1000 (for tests and benches)
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)
         self._thread = threading.Thread(target=self._run, name="osma-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, patches: list[np.ndarray], tau: Optional[float]) -> list[Any]:
-        """Predict one group (blocks until its batch is done); re-raises its error."""
+    def enter(self) -> None:
+        """A request starts decoding (a group of its images will follow)."""
+        with self._cond:
+            self._busy += 1
+
+    def leave(self) -> None:
+        """A request stops decoding without submitting (it is done, or failed)."""
+        with self._cond:
+            self._busy -= 1
+            self._cond.notify_all()
+
+    def submit(self, patches: list[np.ndarray], tau: Optional[float], leave: bool = False) -> list[Any]:
+        """Predict one group (blocks until its batch is done) and return its rows; re-raises
+        its error. ``leave``: :meth:`leave` at the hand-over (atomically)."""
         job = _Job(patches, tau)
-        self._queue.put(job)
+        with self._cond:
+            if leave:
+                self._busy -= 1
+            if self._closed:
+                raise RuntimeError("the server is shutting down")
+            self._jobs.append(job)
+            self._cond.notify_all()
         job.done.wait()
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
 
     def close(self) -> None:
-        """Stop the batching thread (waiting groups are still predicted first)."""
-        self._queue.put(None)
+        """Stop the batching thread (groups already submitted are predicted first)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
         self._thread.join(10)
 
-    def _next(self, timeout: Optional[float]) -> Optional[_Job]:
-        if self._held is not None:
-            job, self._held = self._held, None
-            return job
-        try:
-            return self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
-        except queue.Empty:
-            raise TimeoutError from None
-
-    def _run(self) -> None:
+    def _take(self) -> Optional[list[_Job]]:
+        """The next batch (None: closed and nothing left); called with the condition held."""
+        while not self._jobs:
+            if self._closed:
+                return None
+            self._cond.wait()
+        deadline = self._jobs[0].arrived + self.window
         while True:
-            first = self._next(None)
-            if first is None:
-                return
-            batch, n, stop = [first], len(first.patches), False
-            while n < self.max_batch:
-                try:
-                    job = self._next(first.arrived + self.window - time.monotonic())
-                except TimeoutError:
-                    break
-                if job is None:
-                    stop = True
-                    break
-                if n + len(job.patches) > self.max_batch:
-                    self._held = job  # first of the next batch
+            batch: list[_Job] = []
+            n = 0
+            for job in self._jobs:
+                if batch and n + len(job.patches) > self.max_batch:
                     break
                 batch.append(job)
                 n += len(job.patches)
-            self._predict(batch)
-            if stop:
+            full = len(batch) < len(self._jobs) or n >= self.max_batch
+            left = deadline - time.monotonic()
+            if full or self._busy <= 0 or left <= 0 or self._closed:
+                for _ in batch:
+                    self._jobs.popleft()
+                return batch
+            self._cond.wait(left)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                batch = self._take()
+            if batch is None:
                 return
+            self._predict(batch)
 
     def _predict(self, batch: list[_Job]) -> None:
         with warnings.catch_warnings():
@@ -514,11 +538,13 @@ def create_app(
             patches, group, held = group, [], 0
             slots.release()
             try:
-                results.extend(batcher.submit(patches, tau))
+                results.extend(batcher.submit(patches, tau, leave=True))
             finally:
                 slots.acquire()
+                batcher.enter()
 
-        with slots:  # at most max_concurrent_decodes requests decode at once
+        def decode_all() -> None:
+            nonlocal held
             total = 0
             for f in files:
                 name = f.filename or "upload"
@@ -542,6 +568,13 @@ def create_app(
                     flush()
             if group:
                 flush()
+
+        with slots:  # at most max_concurrent_decodes requests decode at once
+            batcher.enter()  # "busy": the batcher may wait (at most its window) for this request's group
+            try:
+                decode_all()
+            finally:
+                batcher.leave()
         out = []
         for name, r in zip(names, results):
             r.path = name
