@@ -247,3 +247,37 @@ def test_precision_options_on_the_commands(micro_model: Path, micro_zoo: Path, t
     assert json.loads((tmp_path / "ev" / "report.json").read_text())["precision"] == "bf16"
     r = runner.invoke(app, ["serve", "--help"])
     assert "--precision" in r.output and "--batch-window-ms" in r.output and "--max-batch" in r.output
+
+
+def test_pose_reuses_f_x_without_changing_l_a() -> None:
+    """POSE's step computes f(x) once for both of its steps (issue 17): L_A's terms given
+    that f(x) are the terms computed from scratch, in train mode (BatchNorm on batch statistics)."""
+    import torch
+
+    from osma.methods import METHODS
+
+    torch.manual_seed(0)
+    m = METHODS["pose"](["a", "b", "c"], preprocess={"crop": 16}, options={"width": 0.25, "embed_dim": 8},
+                        device="cpu")
+    m._grow(1)
+    m.train_mode(True)
+    aug = m._new_augnet()
+    x = torch.rand(6, 3, 16, 16) * 2 - 1
+    f_x = m.features(x)  # with the network's graph, as train_step computes it
+    for p in [*m.backbone.parameters(), *m.head.parameters()]:
+        p.requires_grad_(False)  # step 1: the network frozen
+    grads = []
+    for f in (f_x, None):
+        aug.zero_grad(set_to_none=True)
+        terms = m.augnet_terms(aug, x, m.augnets[0], f_x=f)
+        sum(terms.values()).backward()
+        grads.append([p.grad.clone() for p in aug.parameters()])
+        if f is not None:
+            given = terms
+        else:
+            fresh = terms
+    assert set(given) == set(fresh) == {"mse", "close_known", "div"}
+    for k in given:
+        assert torch.equal(given[k], fresh[k]), k
+    assert all(torch.equal(a, b) for a, b in zip(*grads))  # the same pull on A_t
+    assert f_x.grad_fn is not None and all(p.grad is None for p in m.backbone.parameters())
