@@ -49,6 +49,8 @@ def evaluate(
         if engine not in ("local", "ray"):
             raise ValueError(f"--engine {engine!r}: use local or ray")
         outs = None
+        if engine == "ray" and precision != "auto":  # the Ray actors load the model with precision auto
+            raise ValueError("--engine ray runs with --precision auto only")
         if engine == "ray":  # the embedding pass on the attribution engine's actor pool
             from osma.batch import split_outputs_ray
 

@@ -181,6 +181,8 @@ def attribute(
     if engine not in ("local", "ray"):
         raise typer.BadParameter("--engine must be local or ray")
     if engine == "ray":
+        if precision != "auto":  # the Ray actors load the model with precision auto
+            raise typer.BadParameter("--engine ray runs with --precision auto only")
         if out is None:
             raise typer.BadParameter("--engine ray needs --out DIR")
         fmt = format or "parquet"
