@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nosma throughput ({'QUICK: sizes too small to mean anything, ' if q else ''}device {dev}, "
           f"{os.cpu_count()} CPUs, torch threads {_torch_threads()})")
-    print(f"{'measurement':<36} {'crop':>4} {'prec':>5} {'value':>12} {'ratio':>7}  {'reference':<32} {'peak MB':>8}  note")
+    print(f"{'measurement':<36} {'crop':>4} {'prec':>5} {'value':>8} {'unit':<7} {'ratio':>5}  {'reference':<32} {'peak MB':>8}  note")
     for r in rows:
         peak = f"{r['peak_mb']:.0f}{'*' if r.get('peak_so_far') else ''}" if "peak_mb" in r else "-"
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
