@@ -71,10 +71,35 @@ def _finite_or_none(x: float | None) -> float | None:
 class Model:
     """A loaded attributor with a convenient, batched, error-tolerant interface."""
 
-    def __init__(self, attributor, bundle_dir: str | os.PathLike | None = None) -> None:  # noqa: ANN001
+    def __init__(self, attributor, bundle_dir: str | os.PathLike | None = None,  # noqa: ANN001
+                 precision: str | None = None) -> None:
         self.attributor = attributor
         self.bundle_dir = Path(bundle_dir) if bundle_dir is not None else None
         self._warned_uncalibrated = False
+        if precision is not None:
+            self.set_precision(precision)
+
+    @property
+    def precision(self) -> str:
+        """The inference precision of the network, ``fp32`` or ``bf16`` (:mod:`osma.precision`)."""
+        return str(getattr(self.attributor, "precision", "fp32"))
+
+    def set_precision(self, precision: str | None = "auto") -> str:
+        """Set the inference precision (``auto``, ``fp32`` or ``bf16``); returns the one in use.
+
+        An attributor without a network (or without precision support) stays ``fp32``;
+        asking it for ``bf16`` explicitly is an error.
+        """
+        setter = getattr(self.attributor, "set_precision", None)
+        if setter is not None:
+            return str(setter(precision))
+        from osma.precision import PRECISIONS
+
+        if (precision or "auto") not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        if precision == "bf16":
+            raise ValueError(f"the {self.method or 'given'} attributor has no bf16 inference")
+        return "fp32"
 
     # --- description -------------------------------------------------------------------
     @property
@@ -155,20 +180,55 @@ class Model:
                 results[i] = Attribution(None, None, math.nan, thr, {}, _path_of(batch[i]), err)
             if not kept:
                 continue
-            pred = self.attributor.predict_embeddings(emb)
-            names = self.sources
-            for j, i in enumerate(kept):
-                nearest = names[int(pred.pred[j])]
-                score = float(pred.score[j])
-                results[i] = Attribution(
-                    source=decide(nearest, score, thr),
-                    nearest=nearest,
-                    score=score,
-                    threshold=thr,
-                    scores={n: float(s) for n, s in zip(names, pred.class_scores[j])},
-                    path=_path_of(batch[i]),
-                )
+            for i, r in zip(kept, self._rows(emb, [thr] * len(kept), [_path_of(batch[i]) for i in kept])):
+                results[i] = r
         return results  # type: ignore[return-value]
+
+    def _rows(self, emb: np.ndarray, thresholds: Sequence[float], paths: Sequence[str | None]) -> list[Attribution]:
+        """Score embeddings once; row j decided with ``thresholds[j]``."""
+        pred = self.attributor.predict_embeddings(emb)
+        names = self.sources
+        out = []
+        for j, (thr, path) in enumerate(zip(thresholds, paths)):
+            nearest = names[int(pred.pred[j])]
+            score = float(pred.score[j])
+            out.append(Attribution(
+                source=decide(nearest, score, thr),
+                nearest=nearest,
+                score=score,
+                threshold=thr,
+                scores={n: float(s) for n, s in zip(names, pred.class_scores[j])},
+                path=path,
+            ))
+        return out
+
+    # --- prepared patches (the server's batching) --------------------------------------
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """A decoded uint8 HxWx3 image -> what the network sees (the evaluation patch).
+
+        For callers that decode first and batch later (the HTTP service): a patch is the
+        size of the crop, however large the image. An attributor without ``prepare`` /
+        ``embed_patches`` gets the image itself back (its ``embed_arrays`` prepares it).
+        """
+        if hasattr(self.attributor, "prepare") and hasattr(self.attributor, "embed_patches"):
+            return self.attributor.prepare(image)
+        return image
+
+    def attribute_prepared(self, patches: Sequence[np.ndarray],
+                           taus: Sequence[float | None]) -> list[Attribution]:
+        """Attribute :meth:`prepare` outputs as ONE batch; row i is decided with ``taus[i]``
+        (``None``: the model's threshold). Each row is the one :meth:`attribute` gives for
+        that image (up to floating-point rounding of the batch in the network)."""
+        if len(patches) != len(taus):
+            raise ValueError(f"{len(patches)} patches but {len(taus)} thresholds")
+        if not patches:
+            return []
+        thresholds = [self.threshold(t) for t in taus]
+        if hasattr(self.attributor, "prepare") and hasattr(self.attributor, "embed_patches"):
+            emb = np.asarray(self.attributor.embed_patches(list(patches)))
+        else:
+            emb = np.asarray(self.attributor.embed_arrays(list(patches)))
+        return self._rows(emb, thresholds, [None] * len(patches))
 
     def embed(self, images: Sequence[ImageInput], batch_size: int = 64) -> tuple[np.ndarray, list[int], dict[int, str]]:
         """Embed images. Returns (embeddings of the readable ones, their indices, {index: error})."""
@@ -254,10 +314,13 @@ def _load_attributor(bundle_dir: Path, device: str):  # noqa: ANN202 - Attributo
     return load_attributor(bundle_dir, device)
 
 
-def load(path: str | os.PathLike, device: str = "auto") -> Model:
-    """Load a trained model for attribution from a bundle or run directory."""
+def load(path: str | os.PathLike, device: str = "auto", precision: str = "auto") -> Model:
+    """Load a trained model for attribution from a bundle or run directory.
+
+    ``precision``: ``auto``, ``fp32`` or ``bf16`` inference (:mod:`osma.precision`).
+    """
     bundle = find_bundle(path)
-    return Model(_load_attributor(bundle, device), bundle_dir=bundle)
+    return Model(_load_attributor(bundle, device), bundle_dir=bundle, precision=precision)
 
 
 # --- inputs --------------------------------------------------------------------------------

@@ -232,6 +232,7 @@ def evaluate(
     report: dict = {
         "method": attributor.method,
         "score": score.describe() if hasattr(score, "describe") else None,
+        "precision": str(getattr(attributor, "precision", "fp32")),  # inference precision (osma.precision)
         "classes": known_classes,
         "unknown_groups": {g: list(split.unknown_classes.get(g, [])) for g in UNKNOWN_GROUPS},
         "counts": {"val": len(val), "test": len(test), **{f"unknown_{g}": len(groups[g]) for g in UNKNOWN_GROUPS},

@@ -14,6 +14,8 @@ def evaluate(
     out: Path = typer.Option(..., "--out", help="Report directory (report.json, report.md, plots)."),
     root: Path | None = typer.Option(None, "--root", help="Data root for relative paths (default: next to DATA)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto, fp32 or bf16 inference (auto: bf16 only where measured equal, see docs/speed.md)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per inference batch."),
     tpr: float = typer.Option(0.95, "--tpr", min=0.0, max=1.0, help="Known acceptance rate on validation data used to calibrate tau."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
@@ -38,11 +40,17 @@ def evaluate(
     try:
         specs = [parse_score_spec(s) for s in score or []]
         attributor = load_attributor(find_bundle(run), device)
+        if hasattr(attributor, "set_precision"):
+            attributor.set_precision(precision)
+        elif precision == "bf16":
+            raise ValueError(f"--precision bf16: the {attributor.method} attributor has no bf16 inference")
         sp = load_split(data, split, root=root)
         kw = dict(batch_size=batch_size, tpr=tpr, plots=plots, seed=seed, progress=True)
         if engine not in ("local", "ray"):
             raise ValueError(f"--engine {engine!r}: use local or ray")
         outs = None
+        if engine == "ray" and precision != "auto":  # the Ray actors load the model with precision auto
+            raise ValueError("--engine ray runs with --precision auto only")
         if engine == "ray":  # the embedding pass on the attribution engine's actor pool
             from osma.batch import split_outputs_ray
 

@@ -16,11 +16,14 @@ import typer
 FORMATS = ("table", "jsonl", "csv")
 
 
-def _load_model(model: str, device: str):  # noqa: ANN202 - osma.attribution.Model
+PRECISION_HELP = "auto, fp32 or bf16 inference (auto: bf16 only where measured equal, see docs/speed.md)."
+
+
+def _load_model(model: str, device: str, precision: str = "auto"):  # noqa: ANN202 - osma.attribution.Model
     from osma.attribution import load
 
     try:
-        return load(model, device=device)
+        return load(model, device=device, precision=precision)
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -154,6 +157,7 @@ def attribute(
     tau: Optional[float] = typer.Option(None, "--tau", help="Threshold (default: the bundle's calibrated tau)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on for more than one batch)."),
     shard_spec: Optional[str] = typer.Option(
         None, "--shard", help="I/N: attribute only part I of N of the inputs (1-based; contiguous parts in input "
@@ -177,6 +181,8 @@ def attribute(
     if engine not in ("local", "ray"):
         raise typer.BadParameter("--engine must be local or ray")
     if engine == "ray":
+        if precision != "auto":  # the Ray actors load the model with precision auto
+            raise typer.BadParameter("--engine ray runs with --precision auto only")
         if out is None:
             raise typer.BadParameter("--engine ray needs --out DIR")
         fmt = format or "parquet"
@@ -184,7 +190,7 @@ def attribute(
             raise typer.BadParameter("--engine ray writes --format parquet or jsonl")
     else:
         fmt = _fmt_from(out, format)
-    m = _load_model(model, device)
+    m = _load_model(model, device, precision)
     if m.tau is None and tau is None:
         typer.echo("warning: model not calibrated (no tau): nothing is rejected as unknown; run `osma calibrate`", err=True)
     skipped_entries: list[tuple[str, str]] = []
@@ -255,13 +261,13 @@ def attribute(
         if fh is not None:
             fh.close()
     if fmt == "table":
-        _print_table(rows, f"osma attribute ({m.method}, tau = {_fmt(m.threshold(tau)) or '-inf'})")
+        _print_table(rows, f"osma attribute ({m.method}, {m.precision}, tau = {_fmt(m.threshold(tau)) or '-inf'})")
         for d in rows:
             if d["error"]:
                 typer.echo(f"failed: {d['error']}", err=True)  # unfolded, for copy and paste
     if out is not None or fmt == "table":
         summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-        typer.echo(f"{sum(counts.values())} image(s) attributed" + (f" ({summary})" if summary else "")
+        typer.echo(f"{sum(counts.values())} image(s) attributed in {m.precision}" + (f" ({summary})" if summary else "")
                    + (f"; results in {out}" if out is not None else ""), err=True)
     if n_err + prior_errors:
         typer.echo(f"{n_err + prior_errors} image(s) could not be read", err=True)
@@ -546,14 +552,21 @@ def serve(
     max_concurrent_decodes: int = typer.Option(
         2, "--max-concurrent-decodes", min=1,
         help="Requests decoding and predicting at once (bounds decode memory); the others wait."),
+    batch_window_ms: float = typer.Option(
+        5.0, "--batch-window-ms", min=0.0,
+        help="Milliseconds to wait after a request for concurrent ones to predict with it in one batch."),
+    max_batch: int = typer.Option(64, "--max-batch", min=1, help="Images per model batch at most; 1: no batching."),
     device: str = typer.Option("auto", "--device"),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
 ) -> None:
     """Serve the model over HTTP (POST /v1/attribute, GET /v1/sources, GET /healthz, /docs)."""
     from osma.server import serve as _serve
 
-    m = _load_model(model, device)
+    m = _load_model(model, device, precision)
+    typer.echo(f"precision: {m.precision}", err=True)
     _serve(m, host=host, port=port, max_upload_mb=max_upload_mb, max_pixels=max_pixels, read_timeout=read_timeout,
-           max_connections=max_connections, max_concurrent_decodes=max_concurrent_decodes)
+           max_connections=max_connections, max_concurrent_decodes=max_concurrent_decodes,
+           batch_window_ms=batch_window_ms, max_batch=max_batch)
 
 
 def register(app: typer.Typer) -> None:

@@ -129,6 +129,8 @@ class NetworkMethod(Attributor):
         self.score: Score = create_score(score or self.default_score, score_options)
         self.training = TrainingRecord()
         self.device = resolve_device(device)
+        #: inference precision of the embedding network, "fp32" or "bf16" (:meth:`set_precision`)
+        self.precision = "fp32"
         # the network sees crop x crop patches (after the optional resize)
         self.input = create_input(self.pre.input, self.pre.crop)
         self.backbone = self.make_backbone()
@@ -228,15 +230,35 @@ class NetworkMethod(Attributor):
         return out
 
     # ------------------------------------------------------------------ embedding and scoring
+    def set_precision(self, precision: str | None = "auto") -> str:
+        """Set the inference precision (``auto``, ``fp32`` or ``bf16``, see :mod:`osma.precision`)
+        of the embedding paths; returns the one resolved for this method and device."""
+        from osma.precision import resolve_precision
+
+        self.precision = resolve_precision(precision, self.method, self.device)
+        return self.precision
+
+    def _embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """Evaluation forward in the inference precision; float32 embeddings on the CPU."""
+        from osma.precision import autocast
+
+        with autocast(self.precision, self.device):
+            emb = self.features(pixels)
+        return emb.float().cpu().numpy()
+
     @torch.no_grad()
     def embed_arrays(self, images: list[np.ndarray], batch_size: int | None = None) -> np.ndarray:
         """Embed decoded uint8 HxWx3 images (evaluation patches), in batches."""
         bs = int(batch_size or self.opts.embed_batch_size)
+        return self.embed_patches([self.prepare(np.asarray(im)) for im in images], bs)
+
+    @torch.no_grad()
+    def embed_patches(self, patches: list[np.ndarray], batch_size: int | None = None) -> np.ndarray:
+        """Embed evaluation patches already made by :meth:`prepare` (uint8 S x S x 3), in batches."""
+        bs = int(batch_size or self.opts.embed_batch_size)
         self.train_mode(False)
-        out = []
-        for i in range(0, len(images), bs):
-            patches = np.stack([self.prepare(np.asarray(im)) for im in images[i : i + bs]])
-            out.append(self.features(self.input_tensor(patches)).float().cpu().numpy())
+        out = [self._embed_pixels(self.input_tensor(np.stack(patches[i : i + bs])))
+               for i in range(0, len(patches), bs)]
         return np.concatenate(out) if out else np.zeros((0, self.opts.embed_dim), np.float32)
 
     @torch.no_grad()
@@ -251,7 +273,7 @@ class NetworkMethod(Attributor):
         self.train_mode(False)
         embs, labels = [], []
         for batch in loader:
-            embs.append(self.features(self.input_tensor(batch[0])).float().cpu().numpy())
+            embs.append(self._embed_pixels(self.input_tensor(batch[0])))
             labels.append(np.asarray(batch[1]))
         if not embs:
             return np.zeros((0, self.opts.embed_dim), np.float32), np.zeros(0, np.int64)
