@@ -261,3 +261,36 @@ def test_training_cache_is_bounded_in_bytes(tmp_path) -> None:  # noqa: ANN001
     assert len(ds._arrays) == 2
     back = pickle.loads(pickle.dumps(ds))  # picklable for spawned DataLoader workers
     assert int(back[3][0][0, 0, 0]) == 3
+
+
+def test_multi_crop_on_the_server_path_and_in_bf16() -> None:
+    """Crops (issue 15) x the batching server and --precision (issue 17): the server's
+    prepared inputs are per-image crop stacks whose batched rows are ``attribute``'s, and
+    every crop's forward runs in the inference precision."""
+    from osma.attribution import Model
+    from osma.methods import create_method
+
+    att = create_method("softmax", ["a", "b"], device="cpu", crop=16, embed_dim=8)
+    rng = np.random.default_rng(1)
+    att.fit_score(rng.normal(size=(10, 8)).astype(np.float32), np.arange(10) % 2)
+    imgs = [rng.integers(0, 256, s, dtype=np.uint8) for s in ((40, 50, 3), (10, 12, 3), (64, 64, 3))]
+    att.set_inference(crops=4, agg="vote")
+    m = Model(att, precision="fp32")
+    stacks = [m.prepare(a) for a in imgs]
+    assert [s.shape for s in stacks] == [(4, 16, 16, 3), (1, 16, 16, 3), (4, 16, 16, 3)]
+    taus = [0.0, -1e9, 0.5]
+    batched = m.attribute_prepared(stacks, taus)
+    for a, r, t in zip(imgs, batched, taus):
+        alone = m.attribute(a, tau=t)[0]
+        assert (r.source, r.nearest, r.threshold, r.crops) == (alone.source, alone.nearest, alone.threshold, alone.crops)
+        assert r.score == pytest.approx(alone.score, abs=1e-5)
+    assert [r.crops for r in batched] == [4, 1, 4]
+    e32 = att.embed_arrays(imgs)
+    assert m.set_precision("bf16") == "bf16" and m.precision == "bf16"
+    e16 = att.embed_arrays(imgs)
+    assert e16.dtype == np.float32 and not np.array_equal(e32, e16)  # autocast reached the crops
+    cos = (e32 * e16).sum(1) / (np.linalg.norm(e32, axis=1) * np.linalg.norm(e16, axis=1))
+    assert cos.min() > 0.98, cos
+    p16, n16 = att.predict_patches(stacks)  # the server's path, in bf16 too
+    assert n16.tolist() == [4, 1, 4]
+    np.testing.assert_allclose(p16.embedding, e16, rtol=1e-6, atol=1e-6)

@@ -273,13 +273,13 @@ def test_many_files_are_predicted_in_groups(port: int, monkeypatch: pytest.Monke
     import osma.attribution
 
     sizes: list[int] = []
-    real = osma.attribution.Model.attribute
+    real = osma.attribution.Model.attribute_prepared  # the server's one prediction path (issue 17: batched)
 
-    def recording(self, images, tau=None, batch_size=64):  # noqa: ANN001, ANN202
-        sizes.append(len(images))
-        return real(self, images, tau=tau, batch_size=batch_size)
+    def recording(self, patches, taus):  # noqa: ANN001, ANN202
+        sizes.append(len(patches))
+        return real(self, patches, taus)
 
-    monkeypatch.setattr(osma.attribution.Model, "attribute", recording)
+    monkeypatch.setattr(osma.attribution.Model, "attribute_prepared", recording)
     # 200x200 = max_pixels: one group holds 3 * max_pixels bytes, i.e. one such image
     big = png_bytes(np.zeros((200, 200, 3), np.uint8))
     files = [("files", (f"{i}.png", big, "image/png")) for i in range(3)]

@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -115,3 +116,52 @@ def test_evaluate_embedding_pass_on_ray_gives_the_same_report(micro_model: Path,
     a, b = (json.loads((tmp_path / n / "report.json").read_text()) for n in ("local", "ray"))
     keys = ("closed_set", "open_set", "fang", "clustering", "counts", "unknown_classes")
     assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+
+
+def test_ray_crops_and_precision_reach_the_actors(micro_model: Path, micro_zoo: Path, tmp_path: Path,
+                                                   local_ray: None) -> None:
+    """--crops / --agg (issue 15) and --precision (issue 17) apply in every Ray actor: the
+    shards hold the rows of the single-process command with the same options, and the plan
+    records them (a re-run with other crops is another job)."""
+    from PIL import Image
+
+    src = sorted((micro_zoo.parent / "dataset" / "images").rglob("*.png"))[:24]
+    d = tmp_path / "big"
+    d.mkdir()
+    imgs = []
+    for i, p in enumerate(src):  # 64 x 64: four cells of the 32-pixel crop
+        a = np.asarray(Image.open(p).convert("RGB"))
+        big = np.concatenate([np.concatenate([a, np.rot90(a)], 1), np.concatenate([a[::-1], a[:, ::-1]], 1)], 0)
+        imgs.append(str(d / f"{i:03d}.png"))
+        Image.fromarray(np.ascontiguousarray(big)).save(imgs[-1])
+    runner = CliRunner()
+    common = ["attribute", str(micro_model), *imgs, "--device", "cpu", "--batch-size", "8", "--format", "jsonl",
+              "--crops", "4", "--agg", "vote", "--precision", "fp32"]
+    local = runner.invoke(app, [*common, "--out", str(tmp_path / "local.jsonl"), "--no-progress"])
+    assert local.exit_code == 0, local.output
+    rows = [json.loads(x) for x in (tmp_path / "local.jsonl").read_text().splitlines()]
+    assert {r["crops"] for r in rows} == {4}
+    out = tmp_path / "ray"
+    r = runner.invoke(app, [*common, "--engine", "ray", "--shard-size", "16", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert read_rows(out) == rows
+    plan = json.loads((out / "_plan.json").read_text())
+    assert plan["inference"] == {"crops": 4, "agg": "vote"} and plan["precision"] == "fp32"
+    r = runner.invoke(app, [*common[:-6], "--crops", "4", "--agg", "mean", "--engine", "ray", "--out", str(out)])
+    assert r.exit_code == 2 and "plan.json" in r.output, r.output
+
+
+def test_evaluate_on_ray_with_crops_gives_the_same_report(micro_model: Path, micro_zoo: Path, tmp_path: Path,
+                                                          local_ray: None) -> None:
+    """With --crops the actors' aggregated predictions are kept (not rescored from the mean
+    embedding): the report equals the local one, its ``inference`` key included."""
+    runner = CliRunner()
+    common = ["evaluate", str(micro_model), "--data", str(micro_zoo), "--split", "split1", "--no-plots",
+              "--device", "cpu", "--batch-size", "16", "--crops", "4", "--agg", "max"]
+    for name, extra in (("local", []), ("ray", ["--engine", "ray", "--workers", "2"])):
+        r = runner.invoke(app, [*common, *extra, "--out", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+    a, b = (json.loads((tmp_path / n / "report.json").read_text()) for n in ("local", "ray"))
+    keys = ("closed_set", "open_set", "fang", "clustering", "counts", "unknown_classes", "inference")
+    assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+    assert a["inference"] == {"crops": 4, "agg": "max"}

@@ -73,10 +73,35 @@ def _finite_or_none(x: float | None) -> float | None:
 class Model:
     """A loaded attributor with a convenient, batched, error-tolerant interface."""
 
-    def __init__(self, attributor, bundle_dir: str | os.PathLike | None = None) -> None:  # noqa: ANN001
+    def __init__(self, attributor, bundle_dir: str | os.PathLike | None = None,  # noqa: ANN001
+                 precision: str | None = None) -> None:
         self.attributor = attributor
         self.bundle_dir = Path(bundle_dir) if bundle_dir is not None else None
         self._warned_uncalibrated = False
+        if precision is not None:
+            self.set_precision(precision)
+
+    @property
+    def precision(self) -> str:
+        """The inference precision of the network, ``fp32`` or ``bf16`` (:mod:`osma.precision`)."""
+        return str(getattr(self.attributor, "precision", "fp32"))
+
+    def set_precision(self, precision: str | None = "auto") -> str:
+        """Set the inference precision (``auto``, ``fp32`` or ``bf16``); returns the one in use.
+
+        An attributor without a network (or without precision support) stays ``fp32``;
+        asking it for ``bf16`` explicitly is an error.
+        """
+        setter = getattr(self.attributor, "set_precision", None)
+        if setter is not None:
+            return str(setter(precision))
+        from osma.precision import PRECISIONS
+
+        if (precision or "auto") not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        if precision == "bf16":
+            raise ValueError(f"the {self.method or 'given'} attributor has no bf16 inference")
+        return "fp32"
 
     # --- description -------------------------------------------------------------------
     @property
@@ -157,20 +182,63 @@ class Model:
                 results[i] = Attribution(None, None, math.nan, thr, {}, _path_of(batch[i]), err)
             if not kept:
                 continue
-            names = self.sources
-            for j, i in enumerate(kept):
-                nearest = names[int(pred.pred[j])]
-                score = float(pred.score[j])
-                results[i] = Attribution(
-                    source=decide(nearest, score, thr),
-                    nearest=nearest,
-                    score=score,
-                    threshold=thr,
-                    scores={n: float(s) for n, s in zip(names, pred.class_scores[j])},
-                    path=_path_of(batch[i]),
-                    crops=int(counts[j]),
-                )
+            paths = [_path_of(batch[i]) for i in kept]
+            for i, r in zip(kept, self._rows(pred, counts, [thr] * len(kept), paths)):
+                results[i] = r
         return results  # type: ignore[return-value]
+
+    def _rows(self, pred: Any, counts: Sequence[int], thresholds: Sequence[float],  # noqa: ANN401 - Prediction
+              paths: Sequence[str | None]) -> list[Attribution]:
+        """Rows of one batch's prediction; row j decided with ``thresholds[j]``, ``counts[j]``
+        crops of the image aggregated."""
+        names = self.sources
+        out = []
+        for j, (thr, path) in enumerate(zip(thresholds, paths)):
+            nearest = names[int(pred.pred[j])]
+            score = float(pred.score[j])
+            out.append(Attribution(
+                source=decide(nearest, score, thr),
+                nearest=nearest,
+                score=score,
+                threshold=thr,
+                scores={n: float(s) for n, s in zip(names, pred.class_scores[j])},
+                path=path,
+                crops=int(counts[j]),
+            ))
+        return out
+
+    # --- prepared patches (the server's batching) --------------------------------------
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """A decoded uint8 HxWx3 image -> what the network sees: its crop stack (k, S, S, 3),
+        ``k`` the model's crops per image (1: the evaluation patch; :mod:`osma.crops`).
+
+        For callers that decode first and batch later (the HTTP service): a stack is at most
+        ``crops`` crops, however large the image. An attributor without ``crop_patches`` /
+        ``predict_patches`` gets the image itself back (its ``predict_images`` prepares it).
+        """
+        if hasattr(self.attributor, "crop_patches") and hasattr(self.attributor, "predict_patches"):
+            return self.attributor.crop_patches(image)
+        return image
+
+    def attribute_prepared(self, patches: Sequence[np.ndarray],
+                           taus: Sequence[float | None]) -> list[Attribution]:
+        """Attribute :meth:`prepare` outputs (one per image) as ONE batch; row i is decided
+        with ``taus[i]`` (``None``: the model's threshold). Each row is the one :meth:`attribute`
+        gives for that image, crops and their aggregation included (up to floating-point
+        rounding of the batch in the network)."""
+        if len(patches) != len(taus):
+            raise ValueError(f"{len(patches)} patches but {len(taus)} thresholds")
+        if not patches:
+            return []
+        thresholds = [self.threshold(t) for t in taus]
+        if hasattr(self.attributor, "crop_patches") and hasattr(self.attributor, "predict_patches"):
+            pred, counts = self.attributor.predict_patches(list(patches))
+        elif hasattr(self.attributor, "predict_images"):
+            pred, counts = self.attributor.predict_images(list(patches))
+        else:  # an attributor written against the older interface
+            pred = self.attributor.predict_embeddings(np.asarray(self.attributor.embed_arrays(list(patches))))
+            counts = np.ones(len(patches), np.int64)
+        return self._rows(pred, counts, thresholds, [None] * len(patches))
 
     def embed(self, images: Sequence[ImageInput], batch_size: int = 64) -> tuple[np.ndarray, list[int], dict[int, str]]:
         """Embed images. Returns (embeddings of the readable ones, their indices, {index: error})."""
@@ -256,10 +324,13 @@ def _load_attributor(bundle_dir: Path, device: str):  # noqa: ANN202 - Attributo
     return load_attributor(bundle_dir, device)
 
 
-def load(path: str | os.PathLike, device: str = "auto") -> Model:
-    """Load a trained model for attribution from a bundle or run directory."""
+def load(path: str | os.PathLike, device: str = "auto", precision: str = "auto") -> Model:
+    """Load a trained model for attribution from a bundle or run directory.
+
+    ``precision``: ``auto``, ``fp32`` or ``bf16`` inference (:mod:`osma.precision`).
+    """
     bundle = find_bundle(path)
-    return Model(_load_attributor(bundle, device), bundle_dir=bundle)
+    return Model(_load_attributor(bundle, device), bundle_dir=bundle, precision=precision)
 
 
 # --- inputs --------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ of ``batch_size`` through the same loop as the single-process ``osma attribute``
 ``.jsonl``) atomically (temporary file, then rename). Shards whose file exists are not
 run again, so a killed job, run again with the same arguments, does only what is missing.
 Output files must be on storage every actor sees (a shared file system on a cluster).
+Every actor applies the job's ``crops`` / ``agg`` (:mod:`osma.crops`; default: the bundle's)
+and ``precision`` (:mod:`osma.precision`, resolved on the actor's device); the plan records
+the crops when not 1 and the precision when not ``auto``.
 
 Rows: JSONL shards hold exactly the JSON lines of ``osma attribute --format jsonl``;
 Parquet shards hold the columns of ``--format csv`` (``path, source, nearest, score,
@@ -158,16 +161,21 @@ def _digest(items: Sequence[str]) -> str:
 
 
 def make_plan(out_dir: Path, items: Sequence[str], *, shard_size: int, fmt: str, bundle: Path,
-              sources: Sequence[str], tau: float | None) -> dict[str, Any]:
+              sources: Sequence[str], tau: float | None, inference: dict[str, Any] | None = None,
+              precision: str = "auto") -> dict[str, Any]:
     """Write ``_plan.json`` (or check that an existing one describes the same job: then the
-    shards already written are kept). A different job in the same directory is an error."""
+    shards already written are kept). A different job in the same directory is an error.
+    ``inference`` (crops and aggregation, recorded when given) and ``precision`` (recorded
+    when not ``auto``) are kept out of plans that do not need them, so older plans still match."""
     plan = {"inputs": len(items), "sha256": _digest(items), "shard_size": int(shard_size), "format": fmt,
             "model": str(bundle), "sources": list(sources), "tau": tau,
-            "shards": max(1, math.ceil(len(items) / shard_size))}
+            "shards": max(1, math.ceil(len(items) / shard_size)),
+            **({"inference": dict(inference)} if inference else {}),
+            **({"precision": precision} if precision != "auto" else {})}
     f = out_dir / PLAN
     if f.is_file():
         old = json.loads(f.read_text(encoding="utf-8"))
-        diff = [k for k in plan if old.get(k) != plan[k]]
+        diff = [k for k in {**old, **plan} if old.get(k) != plan.get(k)]
         if diff:
             raise ValueError(f"{f}: written by another job (differs in {', '.join(diff)}): "
                              "use another --out directory, or delete it to start over")
@@ -183,12 +191,15 @@ def make_plan(out_dir: Path, items: Sequence[str], *, shard_size: int, fmt: str,
 class ShardAttributor:
     """Ray actor: loads the bundle once, then attributes and writes one shard per call."""
 
-    def __init__(self, bundle: str, out_dir: str, fmt: str, tau: float | None, batch_size: int, device: str) -> None:
+    def __init__(self, bundle: str, out_dir: str, fmt: str, tau: float | None, batch_size: int, device: str,
+                 crops: int | None = None, agg: str | None = None, precision: str = "auto") -> None:
         import warnings
 
         from osma.attribution import load
+        from osma.crops import set_inference
 
-        self.model = load(bundle, device=device)
+        self.model = load(bundle, device=device, precision=precision)
+        set_inference(self.model.attributor, crops, agg)
         self.out, self.fmt, self.tau, self.batch_size = Path(out_dir), fmt, tau, batch_size
         warnings.simplefilter("ignore")  # the uncalibrated-model warning: the driver printed it
 
@@ -218,9 +229,13 @@ def attribute_ray(
     shard_size: int = 1024,
     fmt: str = "parquet",
     tau: float | None = None,
+    crops: int | None = None,
+    agg: str | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Attribute ``items`` on Ray into shard files under ``out_dir``; returns a summary
     (``shards``, ``skipped`` shards already written, ``rows`` and ``errors`` of this run).
+    ``crops`` / ``agg`` (None: the bundle's) and ``precision`` apply in every actor.
 
     Uses the running Ray instance, or connects with ``ray.init(address=address)``
     (``None``: a local instance). GPU actors (``gpus_per_worker`` > 0) run on CUDA.
@@ -230,6 +245,7 @@ def attribute_ray(
     except ImportError:
         raise ValueError("--engine ray needs Ray: pip install 'osma[ray]'") from None
     from osma.attribution import find_bundle, load
+    from osma.crops import set_inference
 
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: the Ray engine writes {' or '.join(FORMATS)}")
@@ -240,9 +256,14 @@ def attribute_ray(
 
     out = Path(out_dir).resolve()
     bundle = find_bundle(model).resolve()
-    sources = load(bundle, device="cpu").sources
+    driver = load(bundle, device="cpu", precision=precision)  # checks the options here, not in an actor
+    set_inference(driver.attributor, crops, agg)
+    sources = driver.sources
+    n_crops = int(getattr(driver.attributor, "crops", 1))
+    inference = {"crops": n_crops, "agg": driver.attributor.crop_agg} if n_crops != 1 else None
     items = list(items)
-    plan = make_plan(out, items, shard_size=shard_size, fmt=fmt, bundle=bundle, sources=sources, tau=tau)
+    plan = make_plan(out, items, shard_size=shard_size, fmt=fmt, bundle=bundle, sources=sources, tau=tau,
+                     inference=inference, precision=precision)
     for stale in out.glob(".part-*.tmp-*"):  # left by a killed actor
         stale.unlink(missing_ok=True)
     todo = [k for k in range(plan["shards"]) if not shard_path(out, k, fmt).exists()]
@@ -259,7 +280,7 @@ def attribute_ray(
         ShardAttributor, batch_size=1, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=min(workers, len(todo))),
         fn_constructor_kwargs=dict(bundle=str(bundle), out_dir=str(out), fmt=fmt, tau=tau,
-                                   batch_size=batch_size, device=device),
+                                   batch_size=batch_size, device=device, crops=crops, agg=agg, precision=precision),
         num_cpus=cpus_per_worker, **({"num_gpus": gpus_per_worker} if gpus_per_worker > 0 else {}),
     ).take_all()
     summary["rows"] = int(sum(int(r["rows"]) for r in res))
@@ -269,44 +290,64 @@ def attribute_ray(
 
 # --- the embedding pass of an evaluation on Ray -----------------------------------------
 class ChunkEmbedder:
-    """Ray actor: loads the bundle once, then embeds one chunk of paths per call (the same
-    loop as the single-process evaluation, :func:`osma.attribution.embed_batches`)."""
+    """Ray actor: loads the bundle once, then embeds and scores one chunk of paths per call
+    (the same loop as the single-process evaluation, :func:`osma.attribution.predict_batches`:
+    the model's crops and their aggregation)."""
 
-    def __init__(self, bundle: str, batch_size: int, device: str) -> None:
+    def __init__(self, bundle: str, batch_size: int, device: str, crops: int | None = None,
+                 agg: str | None = None, precision: str = "auto") -> None:
         from osma.attribution import load
+        from osma.crops import set_inference
 
-        self.attributor = load(bundle, device=device).attributor
+        self.attributor = load(bundle, device=device, precision=precision).attributor
+        set_inference(self.attributor, crops, agg)
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        from osma.attribution import embed_batches
+        from osma.attribution import predict_batches
 
-        out: dict[str, list] = {"start": [], "kept": [], "errors": [], "emb": [], "dim": []}
+        out: dict[str, list] = {"start": [], "kept": [], "errors": [], "emb": [], "dim": [], "pred": [], "score": []}
         for start, paths in zip(batch["start"], batch["paths"]):
-            kept, embs, errors = [], [], {}
-            for idx, emb, errs in embed_batches(self.attributor, list(paths), self.batch_size):
+            kept, embs, preds, scores, errors = [], [], [], [], {}
+            for idx, p, _, errs in predict_batches(self.attributor, list(paths), self.batch_size):
                 errors.update(errs)
                 if idx:
                     kept += idx
-                    embs.append(np.asarray(emb, np.float32))
+                    embs.append(np.asarray(p.embedding, np.float32))
+                    preds.append(np.asarray(p.pred, np.int64))
+                    scores.append(np.asarray(p.score, np.float64))
             e = np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)
             out["start"].append(int(start))
             out["kept"].append(json.dumps(kept))
             out["errors"].append(json.dumps({str(k): v for k, v in errors.items()}))
             out["emb"].append(e.tobytes())
             out["dim"].append(int(e.shape[1]) if e.ndim == 2 else 0)
+            out["pred"].append((np.concatenate(preds) if preds else np.zeros(0, np.int64)).tobytes())
+            out["score"].append((np.concatenate(scores) if scores else np.zeros(0)).tobytes())
         return {"start": np.asarray(out["start"]), "kept": np.asarray(out["kept"], dtype=object),
                 "errors": np.asarray(out["errors"], dtype=object), "emb": np.asarray(out["emb"], dtype=object),
-                "dim": np.asarray(out["dim"])}
+                "dim": np.asarray(out["dim"]), "pred": np.asarray(out["pred"], dtype=object),
+                "score": np.asarray(out["score"], dtype=object)}
 
 
-def embed_paths_ray(model: str | os.PathLike, paths: Sequence[str], *, address: str | None = None, workers: int = 1,
-                    gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0, batch_size: int = 64,
-                    chunk_size: int = 1024) -> tuple[Any, list[int], dict[int, str]]:
+def embed_paths_ray(model: str | os.PathLike, paths: Sequence[str], **kw: Any) -> tuple[Any, list[int], dict[int, str]]:  # noqa: ANN401
     """Embed ``paths`` on a Ray actor pool (each actor loads the model once); returns
-    (embeddings of the readable images, their indices into ``paths``, {index: error})."""
+    (embeddings of the readable images, their indices into ``paths``, {index: error}).
+    Options: those of :func:`predict_paths_ray`."""
+    emb, _, _, kept, errors = predict_paths_ray(model, paths, **kw)
+    return emb, kept, errors
+
+
+def predict_paths_ray(model: str | os.PathLike, paths: Sequence[str], *, address: str | None = None,
+                      workers: int = 1, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
+                      batch_size: int = 64, chunk_size: int = 1024, crops: int | None = None,
+                      agg: str | None = None, precision: str = "auto") -> tuple[Any, Any, Any, list[int], dict[int, str]]:  # noqa: ANN401
+    """Embed and score ``paths`` on a Ray actor pool (each actor loads the model once, with
+    ``crops`` / ``agg``, None: the bundle's, and ``precision``); returns (embeddings, predicted
+    class indices, knownness scores of the readable images, their indices into ``paths``,
+    {index: error})."""
     import numpy as np
 
     try:
@@ -318,7 +359,7 @@ def embed_paths_ray(model: str | os.PathLike, paths: Sequence[str], *, address: 
     bundle = find_bundle(model).resolve()
     paths = list(paths)
     if not paths:
-        return np.zeros((0, 0), np.float32), [], {}
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0), [], {}
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     chunks = [{"start": s, "paths": paths[s:s + chunk_size]} for s in range(0, len(paths), chunk_size)]
@@ -326,11 +367,14 @@ def embed_paths_ray(model: str | os.PathLike, paths: Sequence[str], *, address: 
         ChunkEmbedder, batch_size=1, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=min(workers, len(chunks))),
         fn_constructor_kwargs=dict(bundle=str(bundle), batch_size=batch_size,
-                                   device="cuda" if gpus_per_worker > 0 else "cpu"),
+                                   device="cuda" if gpus_per_worker > 0 else "cpu",
+                                   crops=crops, agg=agg, precision=precision),
         num_cpus=cpus_per_worker, **({"num_gpus": gpus_per_worker} if gpus_per_worker > 0 else {}),
     ).take_all()
     kept: list[int] = []
     embs: list[Any] = []
+    preds: list[Any] = []
+    scores: list[Any] = []
     errors: dict[int, str] = {}
     for r in sorted(res, key=lambda r: int(r["start"])):
         s = int(r["start"])
@@ -338,14 +382,21 @@ def embed_paths_ray(model: str | os.PathLike, paths: Sequence[str], *, address: 
         errors.update({s + int(k): v for k, v in json.loads(r["errors"]).items()})
         if int(r["dim"]):
             embs.append(np.frombuffer(r["emb"], np.float32).reshape(-1, int(r["dim"])))
-    return (np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)), kept, errors
+            preds.append(np.frombuffer(r["pred"], np.int64))
+            scores.append(np.frombuffer(r["score"], np.float64))
+    return ((np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)),
+            (np.concatenate(preds) if preds else np.zeros(0, np.int64)),
+            (np.concatenate(scores) if scores else np.zeros(0)), kept, errors)
 
 
 def split_outputs_ray(attributor: Any, split: Any, model: str | os.PathLike, **kw: Any) -> Any:  # noqa: ANN401
     """:func:`osma.evaluation.embed_split` with the embedding pass on Ray: every evaluation
     image of ``split`` (val, known test, unknown groups) embedded once by
-    :func:`embed_paths_ray`; predictions and scores are then computed here from the
-    embeddings, as :func:`osma.evaluation.evaluate` does with precomputed outputs."""
+    :func:`predict_paths_ray`, with ``attributor``'s crops and aggregation; with one crop
+    per image, predictions and scores are then computed here from the embeddings, as
+    :func:`osma.evaluation.evaluate` does with precomputed outputs; with several, the
+    actors' aggregated predictions are kept (the mean embedding cannot reproduce them).
+    ``kw``: the options of :func:`predict_paths_ray` (``precision`` included)."""
     import time
 
     import numpy as np
@@ -357,7 +408,9 @@ def split_outputs_ray(attributor: Any, split: Any, model: str | os.PathLike, **k
              **{g: list(split.test_out.get(g, [])) for g in UNKNOWN_GROUPS}}
     samples = [s for v in parts.values() for s in v]
     t0 = time.perf_counter()
-    emb, kept, errors = embed_paths_ray(model, [str(s.path) for s in samples], **kw)
+    n_crops = int(getattr(attributor, "crops", 1))
+    kw = {**kw, "crops": n_crops, "agg": getattr(attributor, "crop_agg", None) if n_crops != 1 else None}
+    emb, pred, score, kept, errors = predict_paths_ray(model, [str(s.path) for s in samples], **kw)
     row = {i: j for j, i in enumerate(kept)}
     seconds = time.perf_counter() - t0
     outs: dict[str, Any] = {}
@@ -365,16 +418,18 @@ def split_outputs_ray(attributor: Any, split: Any, model: str | os.PathLike, **k
     for name, ss in parts.items():
         idx = [offset + i for i in range(len(ss)) if offset + i in row]
         failed = [(str(samples[offset + i].path), errors[offset + i]) for i in range(len(ss)) if offset + i in errors]
-        e = emb[[row[i] for i in idx]] if idx else np.zeros((0, emb.shape[1] if emb.ndim == 2 else 0), np.float32)
+        rows = [row[i] for i in idx]
+        e = emb[rows] if idx else np.zeros((0, emb.shape[1] if emb.ndim == 2 else 0), np.float32)
         o = Outputs([str(samples[i].path) for i in idx], [str(samples[i].label) for i in idx],
-                    np.zeros(len(idx), np.int64), np.zeros(len(idx)), e, failed, seconds)
-        outs[name] = rescore(attributor, o, kw.get("batch_size", 64))
+                    pred[rows] if idx else np.zeros(0, np.int64), score[rows] if idx else np.zeros(0),
+                    e, failed, seconds)
+        outs[name] = rescore(attributor, o, kw.get("batch_size", 64)) if n_crops == 1 else o
         offset += len(ss)
-    return SplitOutputs(outs["val"], outs["test"], {g: outs[g] for g in UNKNOWN_GROUPS})
+    return SplitOutputs(outs["val"], outs["test"], {g: outs[g] for g in UNKNOWN_GROUPS}, attributor)
 
 
 __all__ = [
     "FORMATS", "LIST_SUFFIXES", "ChunkEmbedder", "ShardAttributor", "attribute_ray", "columns", "embed_paths_ray",
-    "flat_row", "make_plan", "split_outputs_ray",
+    "flat_row", "make_plan", "predict_paths_ray", "split_outputs_ray",
     "nested_row", "parse_shard", "read_inputs", "read_rows", "shard", "shard_path", "write_shard",
 ]

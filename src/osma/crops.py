@@ -183,6 +183,15 @@ def _max(c: CropOutputs) -> Prediction:
     return Prediction(np.asarray(p.pred)[best], score_c[best], np.asarray(p.class_scores)[best], c.image_embedding)
 
 
+def set_inference(attributor, crops: int | None, agg: str | None) -> None:  # noqa: ANN001 - an Attributor
+    """Apply ``--crops`` / ``--agg`` to a loaded attributor (None leaves a setting as it is;
+    an attributor without crops accepts only 1)."""
+    if hasattr(attributor, "set_inference"):
+        attributor.set_inference(crops, agg)
+    elif (crops or 1) != 1:
+        raise ValueError(f"--crops {crops}: this model ({type(attributor).__name__}) embeds one crop per image")
+
+
 def parse_crops(values: str | Sequence[int]) -> list[int]:
     """``"1,4,9"`` or a sequence -> crop counts, each in 1..MAX_CROPS."""
     items = [int(v) for v in (values.split(",") if isinstance(values, str) else values)]
@@ -193,4 +202,4 @@ def parse_crops(values: str | Sequence[int]) -> list[int]:
 
 
 __all__ = ["AGGREGATIONS", "CropOutputs", "DEFAULT_AGGREGATION", "MAX_CROPS", "aggregate", "check_aggregation",
-           "crop_grid", "image_crops", "parse_crops", "register_aggregation"]
+           "crop_grid", "image_crops", "parse_crops", "register_aggregation", "set_inference"]

@@ -137,11 +137,14 @@ class SplitOutputs:
     val: Outputs
     test: Outputs
     groups: dict[str, Outputs] = field(default_factory=dict)
+    #: the attributor whose predictions ``pred``/``score`` are (None: unknown); with several
+    #: crops per image they hold its crop aggregation, which its embeddings cannot reproduce
+    scored_by: Any = field(default=None, compare=False, repr=False)
 
     def rescored(self, attributor: Attributor, batch_size: int = 64) -> "SplitOutputs":
         """The same images scored by another attributor (same network, another score)."""
         return SplitOutputs(rescore(attributor, self.val, batch_size), rescore(attributor, self.test, batch_size),
-                            {g: rescore(attributor, o, batch_size) for g, o in self.groups.items()})
+                            {g: rescore(attributor, o, batch_size) for g, o in self.groups.items()}, attributor)
 
 
 def embed_split(attributor: Attributor, split, *, batch_size: int = 64,  # noqa: ANN001 - osma.data.Split
@@ -163,7 +166,7 @@ def embed_split(attributor: Attributor, split, *, batch_size: int = 64,  # noqa:
         return out
 
     return SplitOutputs(_run("val", split.val), _run("test", split.test),
-                        {g: _run(g, split.test_out.get(g, [])) for g in UNKNOWN_GROUPS})
+                        {g: _run(g, split.test_out.get(g, [])) for g in UNKNOWN_GROUPS}, attributor)
 
 
 def _group_metrics(known: Outputs, correct: np.ndarray, unknown: Outputs) -> dict[str, float | int | None]:
@@ -212,13 +215,18 @@ def evaluate(
     ``unknown_classes.<name>.{group,n,most_given,most_given_fraction,mean_score,rejected_fraction}``,
     ``counts``, ``timing``, ``failed``. Metric values are fractions in [0, 1] (None when a
     group has no images). ``outputs``: the split already embedded by this network
-    (:func:`embed_split`), rescored by ``attributor``.
+    (:func:`embed_split`), rescored by ``attributor`` (kept as they are when ``attributor``
+    made them with several crops per image: rescoring would lose the crop aggregation).
     """
     known_classes = _check_classes(attributor, split)
     n_known = len(known_classes)
     index = {c: i for i, c in enumerate(known_classes)}
-    outs = (embed_split(attributor, split, batch_size=batch_size, progress=progress) if outputs is None
-            else outputs.rescored(attributor, batch_size))
+    if outputs is None:
+        outs = embed_split(attributor, split, batch_size=batch_size, progress=progress)
+    elif outputs.scored_by is attributor and getattr(attributor, "crops", 1) != 1:
+        outs = outputs
+    else:
+        outs = outputs.rescored(attributor, batch_size)
     val, test, groups = outs.val, outs.test, outs.groups
     if len(test) == 0:
         raise ValueError("no readable known test images: cannot evaluate")
@@ -234,6 +242,7 @@ def evaluate(
         **({"inference": {"crops": attributor.crops, "agg": attributor.crop_agg}}
            if getattr(attributor, "crops", 1) != 1 else {}),
         "score": score.describe() if hasattr(score, "describe") else None,
+        "precision": str(getattr(attributor, "precision", "fp32")),  # inference precision (osma.precision)
         "classes": known_classes,
         "unknown_groups": {g: list(split.unknown_classes.get(g, [])) for g in UNKNOWN_GROUPS},
         "counts": {"val": len(val), "test": len(test), **{f"unknown_{g}": len(groups[g]) for g in UNKNOWN_GROUPS},

@@ -5,9 +5,23 @@ number or ``inf``/``-inf``, never NaN), ``GET /v1/sources``, ``GET /healthz``, O
 at ``/docs``. Errors: 408 request not received in time, 413 request or image too large,
 415 not an image (not an allowed format, e.g. EPS whatever its name), 422 corrupt or
 truncated image, no files, or a bad ``tau``; 503 too many open connections. The model is
-loaded once and shared; predictions run under a lock (torch modules are not re-entrant
-across threads for in-place state such as BatchNorm buffers, and one model at a time keeps
-memory bounded).
+loaded once and shared; every prediction runs in one thread, the :class:`Batcher`'s (torch
+modules are not re-entrant across threads for in-place state such as BatchNorm buffers,
+and one model batch at a time keeps memory bounded).
+
+Micro-batching (issue 17; :func:`serve`, ``osma serve``): concurrent requests are predicted
+together. A request decodes its images (below), turns each into its crop stack (the
+model's ``crops`` network-sized crops, :mod:`osma.crops`; one crop, the evaluation patch,
+by default) and hands them to the :class:`Batcher`, which collects waiting requests
+up to ``max_batch`` images (``--max-batch``, default 64; an image counts once whatever its
+number of crops, so a batch holds at most ``max_batch * crops`` crops) and embeds and
+scores them as one batch, each image's crops aggregated by the model's ``--agg``; each
+request gets its own rows, decided with its own ``tau`` (the same rows as alone, ``crops``
+field included, up to the floating-point rounding of a batch in the network). The batcher waits
+for more only while other requests are still decoding, and never longer than
+``batch_window_ms`` (``--batch-window-ms``, default 5 ms) after the oldest waiting
+request: a client alone is not delayed, and none by more than the window.
+``--max-batch 1`` turns batching off.
 
 Limits against slow, oversized and concurrent clients (:func:`serve`, ``osma serve``):
 
@@ -45,17 +59,18 @@ Limits against slow, oversized and concurrent clients (:func:`serve`, ``osma ser
   exceeds the same limit, without reading the rest. Header blocks are bounded only by h11 (a 4 MB one gets 400; bench/fuzz.py found 100 KB ones accepted).
 
 * ``max_concurrent_decodes`` (``--max-concurrent-decodes``, default 2) bounds how many
-  requests decode and predict at once (a semaphore; the others wait, holding only their
-  received upload). Within a request, files are read, checked (header only) and decoded one
+  requests decode at once (a semaphore; the others wait, holding only their received
+  upload; a request gives its slot back while its group waits for a batch). Within a request, files are read, checked (header only) and decoded one
   at a time, and the decoded arrays are handed to the model in groups whenever they
   reach ``3 * max_pixels`` bytes (one largest image) or 64 images, so a request of many
   small-but-huge images never holds them all (results are the same up to floating-point
   rounding of the batch). Peak memory of the server, beyond the loaded model and one model
-  batch (at most 64 images, after the model's crop), is bounded by::
+  batch (at most ``max_batch`` images, or one group, after the model's crop), is bounded by::
 
       (max_connections + 1) * U                              received uploads
       + max_connections * 128 KiB                            uvicorn's per-connection buffers
       + max_concurrent_decodes * (D(max_pixels) + 6 * max_pixels)    decoding
+      + (max_connections + 1) * 64 * crops * 3 * crop**2     crops waiting for a batch
 
   where ``U = max_upload_mb`` MB (Starlette keeps each uploaded file in memory up to 1 MB
   and spools the rest to a temporary file, so U is the worst case of many small files;
@@ -69,14 +84,19 @@ Limits against slow, oversized and concurrent clients (:func:`serve`, ``osma ser
   bounded one (issue 12, item 2). For the defaults this gives 65 x 20 MB + 64 x 128 KiB + 2 x (D + 100 MB):
   about 1.3 GB for uploads (worst case) and 2 x 0.34 GB = 0.7 GB for decoding (2.9 GB
   with the old decoder), i.e. about 2 GB in all. Four 16-bit 4096 x 4096 uploads at
-  once cost two decodes at a time, not four.
+  once cost two decodes at a time, not four. The crops waiting for a batch are
+  crop-sized (13 MB at crop 32, 200 MB at crop 128 for the defaults with one crop per
+  image; ``crops`` times that with ``--crops``); an attributor without ``crop_patches``
+  (test doubles) keeps whole decoded groups instead.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import math
 import threading
+import time
 import warnings
 from typing import Any, Optional
 
@@ -99,6 +119,145 @@ FRAMING_SLACK = 64 * 1024
 BACKSTOP_GRACE = 2.0
 #: decoded arrays are handed to the model in groups of at most this many images
 GROUP_IMAGES = 64
+#: how long the batcher waits for more requests after the first one of a batch (milliseconds)
+DEFAULT_BATCH_WINDOW_MS = 5.0
+#: images per model batch at most (a request's group is never split: a batch holds at least one)
+DEFAULT_MAX_BATCH = 64
+
+
+class _Job:
+    """One request's group of prepared patches waiting for a batch."""
+
+    __slots__ = ("patches", "tau", "arrived", "done", "result", "error")
+
+    def __init__(self, patches: list[np.ndarray], tau: Optional[float]) -> None:
+        self.patches = patches
+        self.tau = tau
+        self.arrived = time.monotonic()
+        self.done = threading.Event()
+        self.result: Optional[list[Any]] = None
+        self.error: Optional[BaseException] = None
+
+
+class Batcher:
+    """Micro-batching of concurrent requests: one thread runs every prediction.
+
+    Request threads decode their images (between :meth:`enter` and :meth:`leave`: "busy"),
+    turn them into crop stacks (:meth:`osma.attribution.Model.prepare`, crop-sized)
+    and :meth:`submit` them. The batching thread takes the oldest waiting group and adds
+    later ones, whole, while the batch stays within ``max_batch`` images; it predicts the
+    batch as soon as it is full, or no request is busy decoding (nothing more is on its
+    way: a lone client is not delayed at all), or ``window`` seconds have passed since the
+    oldest group arrived (no request waits longer than the window for company). The batch
+    is predicted as one (:meth:`osma.attribution.Model.attribute_prepared`, each row with
+    its own request's ``tau``); should that fail, each group is predicted alone, so a
+    failure reaches only the request that caused it. ``max_batch=1`` is the unbatched
+    server: one request's group per prediction.
+    """
+
+    def __init__(self, model: Model, window: float = DEFAULT_BATCH_WINDOW_MS / 1000,
+                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        if not (window >= 0 and math.isfinite(window)):
+            raise ValueError(f"batch window must be a non-negative number of seconds, got {window}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.model = model
+        self.window = float(window)
+        self.max_batch = int(max_batch)
+        self._cond = threading.Condition()
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._busy = 0
+        self._closed = False
+        #: sizes (images) of the batches predicted so far, the last 1000 (for tests and benches)
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)
+        self._thread = threading.Thread(target=self._run, name="osma-batcher", daemon=True)
+        self._thread.start()
+
+    def enter(self) -> None:
+        """A request starts decoding (a group of its images will follow)."""
+        with self._cond:
+            self._busy += 1
+
+    def leave(self) -> None:
+        """A request stops decoding without submitting (it is done, or failed)."""
+        with self._cond:
+            self._busy -= 1
+            self._cond.notify_all()
+
+    def submit(self, patches: list[np.ndarray], tau: Optional[float], leave: bool = False) -> list[Any]:
+        """Predict one group (blocks until its batch is done) and return its rows; re-raises
+        its error. ``leave``: :meth:`leave` at the hand-over (atomically)."""
+        job = _Job(patches, tau)
+        with self._cond:
+            if leave:
+                self._busy -= 1
+            if self._closed:
+                raise RuntimeError("the server is shutting down")
+            self._jobs.append(job)
+            self._cond.notify_all()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Stop the batching thread (groups already submitted are predicted first)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(10)
+
+    def _take(self) -> Optional[list[_Job]]:
+        """The next batch (None: closed and nothing left); called with the condition held."""
+        while not self._jobs:
+            if self._closed:
+                return None
+            self._cond.wait()
+        deadline = self._jobs[0].arrived + self.window
+        while True:
+            batch: list[_Job] = []
+            n = 0
+            for job in self._jobs:
+                if batch and n + len(job.patches) > self.max_batch:
+                    break
+                batch.append(job)
+                n += len(job.patches)
+            full = len(batch) < len(self._jobs) or n >= self.max_batch
+            left = deadline - time.monotonic()
+            if full or self._busy <= 0 or left <= 0 or self._closed:
+                for _ in batch:
+                    self._jobs.popleft()
+                return batch
+            self._cond.wait(left)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                batch = self._take()
+            if batch is None:
+                return
+            self._predict(batch)
+
+    def _predict(self, batch: list[_Job]) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # uncalibrated: accept all (documented)
+            try:
+                rows = self.model.attribute_prepared([p for j in batch for p in j.patches],
+                                                     [j.tau for j in batch for _ in j.patches])
+                self.batch_sizes.append(len(rows))
+                start = 0
+                for j in batch:
+                    j.result = rows[start:start + len(j.patches)]
+                    start += len(j.patches)
+            except Exception:  # noqa: BLE001 - predict each group alone: only the culprit fails
+                for j in batch:
+                    try:
+                        j.result = self.model.attribute_prepared(j.patches, [j.tau] * len(j.patches))
+                        self.batch_sizes.append(len(j.patches))
+                    except Exception as exc:  # noqa: BLE001 - handed to the request's thread
+                        j.error = exc
+        for j in batch:
+            j.done.set()
 
 
 def _decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
@@ -327,8 +486,11 @@ def create_app(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
     max_concurrent_decodes: int = DEFAULT_MAX_CONCURRENT_DECODES,
+    batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
+    max_batch: int = DEFAULT_MAX_BATCH,
 ) -> FastAPI:
-    """Build the FastAPI application serving ``model`` (limits: see the module docstring)."""
+    """Build the FastAPI application serving ``model`` (limits and batching: see the module
+    docstring). The application's :class:`Batcher` is ``app.state.batcher``."""
     import osma.images  # noqa: F401 - import (torch) now, not in the first request
 
     if max_concurrent_decodes < 1:
@@ -340,11 +502,13 @@ def create_app(
         version=__version__,
         description="Open-set model attribution: which model made this image?",
     )
-    lock = threading.Lock()
+    batcher = Batcher(model, window=batch_window_ms / 1000, max_batch=max_batch)
     slots = threading.BoundedSemaphore(max_concurrent_decodes)
     max_bytes = int(max_upload_mb * 1024 * 1024)
     group_bytes = 3 * max_pixels
     app.add_middleware(RequestGuard, max_bytes=max_bytes, read_timeout=read_timeout, limit_text=f"{max_upload_mb:g}")
+    app.state.batcher = batcher
+    app.router.on_shutdown.append(batcher.close)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -354,7 +518,8 @@ def create_app(
     @app.get("/v1/sources")
     def sources() -> dict[str, Any]:
         """Known sources (trained and enrolled), the method and the threshold."""
-        return {"method": model.method, "tau": model.tau, "sources": model.source_table()}
+        return {"method": model.method, "tau": model.tau, "precision": model.precision,
+                "sources": model.source_table()}
 
     @app.post("/v1/attribute")
     def attribute(
@@ -366,20 +531,24 @@ def create_app(
         _check_tau(tau)
         if not files:
             raise HTTPException(422, "no files: send images as the multipart field 'files'")
-        results = []
+        results: list[Any] = []
         names: list[str] = []
         group: list[np.ndarray] = []
         held = 0
 
         def flush() -> None:
+            # called with a decode slot held: give it back while the group waits for its batch
             nonlocal group, held
-            with lock:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # uncalibrated: accept all (documented)
-                    results.extend(model.attribute(group, tau=tau))
-            group, held = [], 0
+            patches, group, held = group, [], 0
+            slots.release()
+            try:
+                results.extend(batcher.submit(patches, tau, leave=True))
+            finally:
+                slots.acquire()
+                batcher.enter()
 
-        with slots:  # at most max_concurrent_decodes requests decode and predict at once
+        def decode_all() -> None:
+            nonlocal held
             total = 0
             for f in files:
                 name = f.filename or "upload"
@@ -392,16 +561,24 @@ def create_app(
                 _check_image(name, data, max_pixels)
                 try:
                     arr = _decode_upload(data, max_pixels)
+                    held += arr.nbytes
+                    arr = model.prepare(arr)  # the image's crops from here on
                 except Exception as exc:  # noqa: BLE001 - any decoding failure of an upload is a 422
                     raise HTTPException(422, f"{name}: corrupt image ({exc})") from None
                 del data
                 names.append(name)
                 group.append(arr)
-                held += arr.nbytes
                 if held >= group_bytes or len(group) >= GROUP_IMAGES:
                     flush()
             if group:
                 flush()
+
+        with slots:  # at most max_concurrent_decodes requests decode at once
+            batcher.enter()  # "busy": the batcher may wait (at most its window) for this request's group
+            try:
+                decode_all()
+            finally:
+                batcher.leave()
         out = []
         for name, r in zip(names, results):
             r.path = name

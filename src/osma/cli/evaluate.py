@@ -17,6 +17,8 @@ def evaluate(
     out: Path = typer.Option(..., "--out", help="Report directory (report.json, report.md, plots)."),
     root: Path | None = typer.Option(None, "--root", help="Data root for relative paths (default: next to DATA)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto, fp32 or bf16 inference (auto: bf16 only where measured equal, see docs/speed.md)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per inference batch."),
     tpr: float = typer.Option(0.95, "--tpr", min=0.0, max=1.0, help="Known acceptance rate on validation data used to calibrate tau."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
@@ -53,7 +55,11 @@ def evaluate(
     try:
         specs = [parse_score_spec(s) for s in score or []]
         attributor = load_attributor(find_bundle(run), device)
-        from osma.cli.use import set_inference
+        if hasattr(attributor, "set_precision"):
+            attributor.set_precision(precision)
+        elif precision == "bf16":
+            raise ValueError(f"--precision bf16: the {attributor.method} attributor has no bf16 inference")
+        from osma.crops import set_inference
 
         set_inference(attributor, crops, agg)
         sp = _open_split(attributor, data, split, root, folder_options(
@@ -62,13 +68,11 @@ def evaluate(
         if engine not in ("local", "ray"):
             raise ValueError(f"--engine {engine!r}: use local or ray")
         outs = None
-        if engine == "ray" and getattr(attributor, "crops", 1) != 1:
-            raise ValueError("--engine ray embeds one crop per image: use --engine local with --crops")
         if engine == "ray":  # the embedding pass on the attribution engine's actor pool
             from osma.batch import split_outputs_ray
 
             outs = split_outputs_ray(attributor, sp, run, address=address, workers=workers,
-                                     gpus_per_worker=gpus_per_worker, batch_size=batch_size)
+                                     gpus_per_worker=gpus_per_worker, batch_size=batch_size, precision=precision)
         if specs:
             reports = evaluate_scores(attributor, sp, specs, out, subdirs=len(specs) > 1, outputs=outs, **kw)
         else:

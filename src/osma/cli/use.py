@@ -24,26 +24,21 @@ CROPS = typer.Option(
     "each embedded, aggregated by --agg (default: the bundle's setting, else 1 = the centre crop).")
 AGG = typer.Option(None, "--agg", help="Aggregation of the crops: mean (embeddings and logits, then the score), "
                    "mean_score, vote or max (the most confident crop); default: the bundle's, else mean.")
+PRECISION_HELP = "auto, fp32 or bf16 inference (auto: bf16 only where measured equal, see docs/speed.md)."
 
 
-def _load_model(model: str, device: str, crops: Optional[int] = None, agg: Optional[str] = None):  # noqa: ANN202 - osma.attribution.Model
+def _load_model(model: str, device: str, crops: Optional[int] = None, agg: Optional[str] = None,  # noqa: ANN202
+                precision: str = "auto"):  # osma.attribution.Model
     from osma.attribution import load
+    from osma.crops import set_inference
 
     try:
-        m = load(model, device=device)
+        m = load(model, device=device, precision=precision)
         set_inference(m.attributor, crops, agg)
         return m
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-
-
-def set_inference(attributor, crops: Optional[int], agg: Optional[str]) -> None:  # noqa: ANN001
-    """Apply --crops / --agg to a loaded model (a method without crops accepts only 1)."""
-    if hasattr(attributor, "set_inference"):
-        attributor.set_inference(crops, agg)
-    elif (crops or 1) != 1:
-        raise ValueError(f"--crops {crops}: this model ({type(attributor).__name__}) embeds one crop per image")
 
 
 def _fmt(x: Optional[float]) -> str:
@@ -174,6 +169,7 @@ def attribute(
     tau: Optional[float] = typer.Option(None, "--tau", help="Threshold (default: the bundle's calibrated tau)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on for more than one batch)."),
     shard_spec: Optional[str] = typer.Option(
         None, "--shard", help="I/N: attribute only part I of N of the inputs (1-based; contiguous parts in input "
@@ -206,9 +202,7 @@ def attribute(
             raise typer.BadParameter("--engine ray writes --format parquet or jsonl")
     else:
         fmt = _fmt_from(out, format)
-    if engine == "ray" and (crops or agg):
-        raise typer.BadParameter("--crops / --agg: the Ray engine uses the bundle's setting (set it with `osma calibrate --crops`)")
-    m = _load_model(model, device, crops, agg)
+    m = _load_model(model, device, crops, agg, precision)
     if m.tau is None and tau is None:
         typer.echo("warning: model not calibrated (no tau): nothing is rejected as unknown; run `osma calibrate`", err=True)
     skipped_entries: list[tuple[str, str]] = []
@@ -225,7 +219,8 @@ def attribute(
         raise typer.Exit(2)
     if engine == "ray":
         _attribute_ray(model, items, out, fmt=fmt, tau=tau, batch_size=batch_size, address=address,
-                       workers=workers, gpus_per_worker=gpus_per_worker, shard_size=shard_size)
+                       workers=workers, gpus_per_worker=gpus_per_worker, shard_size=shard_size,
+                       crops=crops, agg=agg, precision=precision)
         return
     prior_errors = 0
     header: Optional[list[str]] = None
@@ -279,13 +274,13 @@ def attribute(
         if fh is not None:
             fh.close()
     if fmt == "table":
-        _print_table(rows, f"osma attribute ({m.method}, tau = {_fmt(m.threshold(tau)) or '-inf'})")
+        _print_table(rows, f"osma attribute ({m.method}, {m.precision}, tau = {_fmt(m.threshold(tau)) or '-inf'})")
         for d in rows:
             if d["error"]:
                 typer.echo(f"failed: {d['error']}", err=True)  # unfolded, for copy and paste
     if out is not None or fmt == "table":
         summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-        typer.echo(f"{sum(counts.values())} image(s) attributed" + (f" ({summary})" if summary else "")
+        typer.echo(f"{sum(counts.values())} image(s) attributed in {m.precision}" + (f" ({summary})" if summary else "")
                    + (f"; results in {out}" if out is not None else ""), err=True)
     if n_err + prior_errors:
         typer.echo(f"{n_err + prior_errors} image(s) could not be read", err=True)
@@ -584,16 +579,23 @@ def serve(
     max_concurrent_decodes: int = typer.Option(
         2, "--max-concurrent-decodes", min=1,
         help="Requests decoding and predicting at once (bounds decode memory); the others wait."),
+    batch_window_ms: float = typer.Option(
+        5.0, "--batch-window-ms", min=0.0,
+        help="Milliseconds to wait after a request for concurrent ones to predict with it in one batch."),
+    max_batch: int = typer.Option(64, "--max-batch", min=1, help="Images per model batch at most; 1: no batching."),
     device: str = typer.Option("auto", "--device"),
     crops: Optional[int] = CROPS,
     agg: Optional[str] = AGG,
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
 ) -> None:
     """Serve the model over HTTP (POST /v1/attribute, GET /v1/sources, GET /healthz, /docs)."""
     from osma.server import serve as _serve
 
-    m = _load_model(model, device, crops, agg)
+    m = _load_model(model, device, crops, agg, precision)
+    typer.echo(f"precision: {m.precision}", err=True)
     _serve(m, host=host, port=port, max_upload_mb=max_upload_mb, max_pixels=max_pixels, read_timeout=read_timeout,
-           max_connections=max_connections, max_concurrent_decodes=max_concurrent_decodes)
+           max_connections=max_connections, max_concurrent_decodes=max_concurrent_decodes,
+           batch_window_ms=batch_window_ms, max_batch=max_batch)
 
 
 def register(app: typer.Typer) -> None:

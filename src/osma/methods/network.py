@@ -133,6 +133,8 @@ class NetworkMethod(Attributor):
         #: inference: crops per image (1 = the centre crop) and their aggregation (osma.crops)
         self.crops, self.crop_agg = 1, "mean"
         self.device = resolve_device(device)
+        #: inference precision of the embedding network, "fp32" or "bf16" (:meth:`set_precision`)
+        self.precision = "fp32"
         # the network sees crop x crop patches (after the optional resize)
         self.input = create_input(self.pre.input, self.pre.crop)
         self.backbone = self.make_backbone()
@@ -244,8 +246,26 @@ class NetworkMethod(Attributor):
             self.crop_agg = check_aggregation(agg)
 
     # ------------------------------------------------------------------ embedding and scoring
+    def set_precision(self, precision: str | None = "auto") -> str:
+        """Set the inference precision (``auto``, ``fp32`` or ``bf16``, see :mod:`osma.precision`)
+        of the embedding paths; returns the one resolved for this method and device."""
+        from osma.precision import resolve_precision
+
+        self.precision = resolve_precision(precision, self.method, self.device)
+        return self.precision
+
+    def _embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """Evaluation forward in the inference precision; float32 embeddings on the CPU.
+        Every inference forward of the network goes through here."""
+        from osma.precision import autocast
+
+        with autocast(self.precision, self.device):
+            emb = self.features(pixels)
+        return emb.float().cpu().numpy()
+
     def crop_patches(self, img: np.ndarray) -> np.ndarray:
-        """The ``self.crops`` grid crops of one decoded uint8 HxWx3 image, (k, S, S, 3)."""
+        """The ``self.crops`` grid crops of one decoded uint8 HxWx3 image, (k, S, S, 3)
+        (``crops == 1``: the evaluation patch of :meth:`prepare`, as a stack of one)."""
         from osma.crops import image_crops
 
         if self.crops == 1:
@@ -262,52 +282,42 @@ class NetworkMethod(Attributor):
 
     @torch.no_grad()
     def _embed_patch_sets(self, patches: list[np.ndarray], batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Embed per-image crop stacks (k_i, S, S, 3) in batches of ``batch_size`` crops, in the
+        inference precision: (embeddings of every crop (sum k_i, D), k_i per image)."""
         bs = int(batch_size or self.opts.embed_batch_size)
         self.train_mode(False)
         counts = np.array([len(p) for p in patches], np.int64)
         flat = np.concatenate(patches) if patches else np.zeros((0, self.pre.crop, self.pre.crop, 3), np.uint8)
-        out = [self.features(self.input_tensor(flat[i:i + bs])).float().cpu().numpy() for i in range(0, len(flat), bs)]
+        out = [self._embed_pixels(self.input_tensor(flat[i:i + bs])) for i in range(0, len(flat), bs)]
         return (np.concatenate(out) if out else np.zeros((0, self.opts.embed_dim), np.float32)), counts
 
     @torch.no_grad()
     def embed_arrays(self, images: list[np.ndarray], batch_size: int | None = None) -> np.ndarray:
         """Embed decoded uint8 HxWx3 images, in batches: the evaluation patch's embedding, or
         with ``crops`` > 1 the mean of the image's crop embeddings."""
-        if self.crops == 1:
-            bs = int(batch_size or self.opts.embed_batch_size)
-            self.train_mode(False)
-            out = []
-            for i in range(0, len(images), bs):
-                patches = np.stack([self.prepare(np.asarray(im)) for im in images[i : i + bs]])
-                out.append(self.features(self.input_tensor(patches)).float().cpu().numpy())
-            return np.concatenate(out) if out else np.zeros((0, self.opts.embed_dim), np.float32)
-        from osma.crops import CropOutputs
-
-        emb, counts = self.embed_crops(images, batch_size)
-        return CropOutputs(Features(emb), counts, self.predict_features).image_embedding
+        return self.embed_patches([self.crop_patches(np.asarray(im)) for im in images], batch_size)
 
     def predict_images(self, images: list[np.ndarray]) -> tuple[Prediction, np.ndarray]:
         """Embed and score decoded images with ``crops`` crops each, aggregated by
         ``crop_agg``: (one prediction per image, crops used per image)."""
-        if self.crops == 1:
-            return super().predict_images(images)
         return self.predict_patches([self.crop_patches(np.asarray(im)) for im in images])
 
-    def embed_patches(self, patches: list[np.ndarray]) -> np.ndarray:
-        """Embeddings of images given as their :meth:`crop_patches` (the mean over each
-        image's crops): what :meth:`embed_arrays` gives for the images themselves."""
+    def embed_patches(self, patches: list[np.ndarray], batch_size: int | None = None) -> np.ndarray:
+        """Embeddings of images given as their :meth:`crop_patches` (k, S, S, 3) stacks (the
+        mean over each image's crops): what :meth:`embed_arrays` gives for the images themselves."""
         from osma.crops import CropOutputs
 
-        emb, counts = self._embed_patch_sets(patches)
+        emb, counts = self._embed_patch_sets(patches, batch_size)
         if (counts == 1).all():
             return emb
         return CropOutputs(Features(emb), counts, self.predict_features).image_embedding
 
-    def predict_patches(self, patches: list[np.ndarray]) -> tuple[Prediction, np.ndarray]:
+    def predict_patches(self, patches: list[np.ndarray],
+                        batch_size: int | None = None) -> tuple[Prediction, np.ndarray]:
         """:meth:`predict_images` for images given as their :meth:`crop_patches`."""
         from osma.crops import CropOutputs, aggregate
 
-        emb, counts = self._embed_patch_sets(patches)
+        emb, counts = self._embed_patch_sets(patches, batch_size)
         if (counts == 1).all():  # one crop each: no aggregation (bit-identical to predict_embeddings)
             return self.predict_embeddings(emb), counts
         return aggregate(self.crop_agg, CropOutputs(self.features_of(emb), counts, self.predict_features)), counts
@@ -328,7 +338,7 @@ class NetworkMethod(Attributor):
         self.train_mode(False)
         embs, labels = [], []
         for batch in loader:
-            embs.append(self.features(self.input_tensor(batch[0])).float().cpu().numpy())
+            embs.append(self._embed_pixels(self.input_tensor(batch[0])))
             labels.append(np.asarray(batch[1]))
         if not embs:
             return np.zeros((0, self.opts.embed_dim), np.float32), np.zeros(0, np.int64)

@@ -127,15 +127,18 @@ class PoseMethod(SoftmaxMethod):
         """The weight of each term of the augmentation models' loss L_A."""
         return {"mse": 1.0, "close_known": self.opts.w_close, "div": self.opts.w_div}
 
-    def augnet_terms(self, aug: nn.Module, x: torch.Tensor, previous: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    def augnet_terms(self, aug: nn.Module, x: torch.Tensor, previous: nn.Module | None = None,
+                     f_x: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The unweighted terms of L_A for augmentation model ``aug`` on pixels ``x``:
         ``mse`` (reconstruction, clamped below at ``mse_lowbound``), ``close_known``
         (1 - mean cosine of f(x) and f(aug(x)), clamped below at 1 - ``known_sim``) and,
         given an earlier model ``previous``, ``div`` (mean cosine of f(aug(x)) and
-        f(previous(x)), to be made small)."""
+        f(previous(x)), to be made small). ``f_x``: f(x) when the caller has it already
+        (treated as a constant), else it is computed here."""
         x_aug = aug(x)
         f_aug = self.features(x_aug)
-        cos = F.cosine_similarity(self.features(x), f_aug, dim=1, eps=1e-6).mean()
+        f_x = self.features(x) if f_x is None else f_x.detach()
+        cos = F.cosine_similarity(f_x, f_aug, dim=1, eps=1e-6).mean()
         terms = {
             "mse": torch.clamp(F.mse_loss(x_aug, x), min=self.opts.mse_lowbound),
             "close_known": torch.clamp(1 - cos, min=1 - self.opts.known_sim),
@@ -162,6 +165,12 @@ class PoseMethod(SoftmaxMethod):
         opt, sched = ctx.optimizers["model"], ctx.schedulers["model"]
         net = [self.backbone, self.head]
         losses: dict[str, float] = {}
+        # f(x) once, with its graph, for both steps: only A_t changes between them, and in
+        # train mode BatchNorm normalises with the batch's own statistics, so step 2's f(x)
+        # would be the same numbers (issue 17: one backbone forward fewer per step)
+        for m in net:
+            _set_grad(m, True)
+        f_in = self.features(x)
         # ---- 1. the augmentation model, network frozen
         for m in net:
             _set_grad(m, False)
@@ -169,7 +178,7 @@ class PoseMethod(SoftmaxMethod):
         opt_a.zero_grad(set_to_none=True)
         diversity = self.opts.variant == "full"
         previous = earlier[int(torch.randint(len(earlier), ()).item())] if diversity and earlier else None
-        terms = self.augnet_terms(aug, x, previous)
+        terms = self.augnet_terms(aug, x, previous, f_x=f_in)
         losses.update({f"loss_{k}": v.item() for k, v in terms.items()})
         loss_a = sum(self.augnet_weights()[k] * v for k, v in terms.items())
         loss_a.backward()
@@ -180,7 +189,6 @@ class PoseMethod(SoftmaxMethod):
             _set_grad(m, True)
         _set_grad(aug, False)
         opt.zero_grad(set_to_none=True)
-        f_in = self.features(x)
         loss_cls = self.classification_loss(self.head(f_in), y)
         with torch.no_grad():
             x_aug = aug(x)

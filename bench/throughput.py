@@ -1,0 +1,390 @@
+"""Throughput of osma on this machine, side by side in one run (issue 17).
+
+    .venv/bin/python bench/throughput.py [--quick] [--crops 32,64,128] [--device cpu]
+        [--seconds 3] [--json OUT.json]
+
+Rows, each with a ratio to its reference and the peak resident memory of the process
+that ran it (``ru_maxrss`` from ``os.wait4``; a process's peak so far when it ran several
+rows, noted ``*``):
+
+* ``matmul``: fp32 and bf16 matrix multiply (n x n, n = 2048) in GFLOP/s; reference: fp32.
+* ``forward``: the embedding network alone (an untrained ``softmax`` bundle's simple_cnn, batch
+  256, the one inference path ``NetworkMethod._embed_pixels``) per crop and precision, in
+  images/s; reference: fp32 at that crop.
+* ``attribute``: ``osma attribute`` end to end (model load, decode, crop, embed, score, JSONL
+  written) on a folder of crop-sized PNGs and one of JPEGs, per crop and precision;
+  reference: ``forward`` at that crop and precision (issue 17 asks for >= 0.80).
+* ``server``: ``osma serve`` (its own process, precision auto) under 1, 10 and 50
+  concurrent clients (the load generator in its own process; one crop-sized PNG per
+  request), batching on (defaults) and off (``--max-batch 1``): requests/s, p50, p99;
+  reference: the same clients with batching off (for the ``off`` rows: ``attribute``
+  PNG fp32 at that crop, i.e. the share of the offline rate the server reaches).
+* ``train``: softmax, pose and metric training, images/s of the second epoch (the
+  trainer's own epoch time, train_log.jsonl) on synthetic crop-sized images, 4 classes, 8
+  per class per batch; reference: softmax at that crop.
+
+``--quick`` runs everything at a tiny size (crop 32, few images, short windows) to check
+that the script works; its numbers mean nothing. Every row runs in a fresh process, one
+after the other: run it on a quiet machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+SRC = HERE.parents[1] / "src"
+CLASSES = ["real", "gan_a", "gan_b", "gan_c"]
+
+
+# --- the measurements (each runs in its own process: ``--section NAME --params JSON``) ------
+def _timed(fn, seconds: float) -> tuple[int, float]:  # noqa: ANN001
+    """Call ``fn`` (after one warm-up call) until ``seconds`` have passed; (calls, seconds)."""
+    fn()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= seconds:
+            return n, dt
+
+
+def sec_matmul(p: dict[str, Any]) -> list[dict[str, Any]]:
+    import torch
+
+    n, rows = int(p["n"]), []
+    dev = torch.device(p["device"])
+    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, device=dev, dtype=dt), torch.randn(n, n, device=dev, dtype=dt)
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        calls, secs = _timed(lambda: (a @ b, sync()), p["seconds"])  # noqa: B023
+        rows.append({"what": "matmul", "precision": name, "value": 2 * n**3 * calls / secs / 1e9, "unit": "GFLOP/s"})
+    return rows
+
+
+def _model(crop: int, device: str, precision: str = "fp32"):  # noqa: ANN202 - a softmax NetworkMethod
+    import numpy as np
+
+    from osma.methods import METHODS
+
+    m = METHODS["softmax"](CLASSES, preprocess={"crop": crop}, options={"workers": 0}, device=device)
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(64, m.opts.embed_dim)).astype(np.float32)
+    m.fit_score(emb, np.arange(64) % len(CLASSES))
+    m.set_precision(precision)
+    return m
+
+
+def sec_forward(p: dict[str, Any]) -> list[dict[str, Any]]:
+    import numpy as np
+    import torch
+
+    rows = []
+    batch = np.random.default_rng(0).integers(0, 256, (int(p["batch"]), p["crop"], p["crop"], 3), dtype=np.uint8)
+    for prec in ("fp32", "bf16"):
+        m = _model(p["crop"], p["device"], prec)
+        m.train_mode(False)
+        x = m.input_tensor(batch)
+        with torch.no_grad():
+            calls, secs = _timed(lambda: m._embed_pixels(x), p["seconds"])  # noqa: B023
+        rows.append({"what": "forward", "crop": p["crop"], "precision": prec, "value": calls * len(batch) / secs,
+                     "unit": "img/s"})
+    return rows
+
+
+def _write_images(folder: Path, n: int, size: int, fmt: str) -> None:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(size)
+    for i in range(n):
+        a = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        ext = "png" if fmt == "PNG" else "jpg"
+        Image.fromarray(a).save(folder / f"{i:05d}.{ext}", format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+
+
+def sec_attribute(p: dict[str, Any]) -> list[dict[str, Any]]:
+    from typer.testing import CliRunner
+
+    from osma.cli import app
+
+    tmp = Path(p["tmp"])
+    bundle = tmp / f"bundle{p['crop']}"
+    rows = []
+    warm = tmp / f"warm{p['crop']}"
+    _write_images(warm, 1, p["crop"], "PNG")  # imports and first-call costs, not timed
+    CliRunner().invoke(app, ["attribute", str(bundle), str(warm), "--format", "jsonl", "--device", p["device"]])
+    for fmt in ("PNG", "JPEG"):
+        folder = tmp / f"{fmt.lower()}{p['crop']}"
+        _write_images(folder, int(p["images"]), p["crop"], fmt)
+        for prec in ("fp32", "bf16"):
+            out = tmp / f"out_{fmt}_{prec}_{p['crop']}.jsonl"
+            out.unlink(missing_ok=True)
+            t0 = time.perf_counter()
+            r = CliRunner().invoke(app, ["attribute", str(bundle), str(folder), "--out", str(out), "--precision", prec,
+                                         "--device", p["device"], "--batch-size", "256", "--no-progress",
+                                         "--tau", "-inf"])
+            secs = time.perf_counter() - t0
+            if r.exit_code != 0:
+                raise RuntimeError(f"osma attribute failed: {r.output}")
+            rows.append({"what": f"attribute {fmt.lower()}", "crop": p["crop"], "precision": prec,
+                         "value": int(p["images"]) / secs, "unit": "img/s"})
+    return rows
+
+
+def sec_bundle(p: dict[str, Any]) -> list[dict[str, Any]]:
+    _model(p["crop"], "cpu").save(Path(p["tmp"]) / f"bundle{p['crop']}")
+    return []
+
+
+def sec_loadgen(p: dict[str, Any]) -> list[dict[str, Any]]:
+    """``clients`` threads, each with its own connection, posting one PNG per request."""
+    import threading
+
+    import httpx
+    import numpy as np
+
+    png = Path(p["png"]).read_bytes()
+    url = f"http://127.0.0.1:{p['port']}/v1/attribute"
+    lat: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    clock = {"t0": 0.0}
+
+    def begin() -> None:  # the window opens when every client is connected and ready
+        clock["t0"] = time.perf_counter()
+
+    start = threading.Barrier(p["clients"], action=begin)
+
+    def client() -> None:
+        mine = 0
+        with httpx.Client(timeout=60.0) as c:
+            start.wait()
+            while True:  # at least one request each; none started after the window
+                t0 = time.perf_counter()
+                if t0 >= clock["t0"] + p["seconds"] and mine:
+                    break
+                mine += 1
+                r = c.post(url, files=[("files", ("x.png", png, "image/png"))])
+                dt = time.perf_counter() - t0
+                with lock:
+                    if r.status_code == 200:
+                        lat.append(dt)
+                    else:
+                        errors[0] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(p["clients"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    secs = time.perf_counter() - clock["t0"]
+    a = np.array(lat) if lat else np.array([float("nan")])
+    return [{"requests_per_s": len(lat) / secs, "p50_ms": 1000 * float(np.percentile(a, 50)),
+             "p99_ms": 1000 * float(np.percentile(a, 99)), "errors": errors[0], "requests": len(lat)}]
+
+
+def sec_train(p: dict[str, Any]) -> list[dict[str, Any]]:
+    from osma.data import write_benchmark
+    from osma.methods import train
+
+    root = Path(p["tmp"]) / f"train{p['crop']}"
+    data = root / "data_list.yaml"
+    if not data.exists():
+        pairs: dict[str, list[tuple[str, str]]] = {k: [] for k in ("train", "val", "test", "out_seed", "out_arch",
+                                                                   "out_dataset")}
+        for c in CLASSES:
+            for part, n in (("train", p["per_class_images"]), ("val", 2), ("test", 2)):
+                rel = f"./dataset/{c}/{part}"
+                _write_images(root / rel, n, p["crop"], "PNG")
+                pairs[part] += [(f"{rel}/{i:05d}.png", c) for i in range(n)]
+        for g in ("seed", "arch", "dataset"):
+            rel = f"./dataset/u_{g}/test"
+            _write_images(root / rel, 2, p["crop"], "PNG")
+            pairs[f"out_{g}"] += [(f"{rel}/{i:05d}.png", f"u_{g}") for i in range(2)]
+        spec = {"split1": {"known_classes": CLASSES,
+                           "unknown_classes": {"seed": ["u_seed"], "arch": ["u_arch"], "dataset": ["u_dataset"]}}}
+        write_benchmark(root, spec, {"split1": pairs})
+    out = root / f"run_{p['method']}"
+    train(data, "split1", p["method"], out, epochs=2, device=p["device"], seed=0, progress=False, crop=p["crop"],
+          per_class=8, batches_per_epoch=p["batches"], workers=0, precise_bn=False)
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    last = log[-1]
+    return [{"what": f"train {p['method']}", "crop": p["crop"], "precision": "fp32",
+             "value": last["batches"] * 8 * len(CLASSES) / last["seconds"], "unit": "img/s"}]
+
+
+SECTIONS = {"matmul": sec_matmul, "forward": sec_forward, "attribute": sec_attribute, "bundle": sec_bundle,
+            "loadgen": sec_loadgen, "train": sec_train}
+
+
+# --- the driver --------------------------------------------------------------------------
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def run_section(name: str, params: dict[str, Any]) -> tuple[list[dict[str, Any]], float]:
+    """Run one section in a fresh process; (its rows, its peak RSS in MB)."""
+    proc = subprocess.Popen([sys.executable, str(HERE), "--section", name, "--params", json.dumps(params)],
+                            stdout=subprocess.PIPE, env=_env(), text=True)
+    out = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"section {name} {params} failed (exit {proc.returncode})")
+    rows = json.loads(out.strip().splitlines()[-1])
+    return rows, usage.ru_maxrss / 1024  # Linux: kilobytes
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_server(tmp: Path, crop: int, batching: bool, clients: list[int], seconds: float,
+               device: str) -> list[dict[str, Any]]:
+    """``osma serve`` in its own process, one load-generator process per client count."""
+    import httpx
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "osma", "serve", str(tmp / f"bundle{crop}"), "--port", str(port), "--device", device]
+    if not batching:
+        cmd += ["--max-batch", "1"]
+    server = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = []
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline or server.poll() is not None:
+                raise RuntimeError("osma serve did not start")
+            time.sleep(0.2)
+        png = next((tmp / f"png{crop}").glob("*.png"))
+        for c in clients:
+            (r,), _ = run_section("loadgen", {"port": port, "png": str(png), "clients": c, "seconds": seconds})
+            rows.append({"what": f"server {c} clients, batching {'on' if batching else 'off'}", "crop": crop,
+                         "precision": "auto", "value": r["requests_per_s"], "unit": "req/s",
+                         "note": f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms"
+                                 + (f", {r['errors']} errors" if r["errors"] else ""), "clients": c, **r})
+    finally:
+        server.terminate()
+        _, _, usage = os.wait4(server.pid, 0)
+        server.returncode = 0
+    for r in rows:
+        r["peak_mb"] = usage.ru_maxrss / 1024
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every section and print the table."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs (numbers mean nothing)")
+    ap.add_argument("--crops", default=None, help="comma-separated crop sizes (default 32,64,128; --quick: 32)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seconds", type=float, default=None, help="time per measurement (default 3; --quick 0.3)")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--section", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--params", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.section:
+        print(json.dumps(SECTIONS[args.section](json.loads(args.params))))
+        return 0
+
+    q = args.quick
+    crops = [int(c) for c in (args.crops or ("32" if q else "32,64,128")).split(",")]
+    secs = args.seconds if args.seconds is not None else (0.3 if q else 3.0)
+    clients = [1, 10, 50]
+    dev = args.device
+    rows: list[dict[str, Any]] = []
+
+    def add(new: list[dict[str, Any]], peak: float | None, several: bool = False) -> None:
+        for r in new:
+            if peak is not None:
+                r["peak_mb"], r["peak_so_far"] = peak, several
+            rows.append(r)
+            print(f"  measured: {r['what']} crop {r.get('crop', '-')} {r.get('precision', '')}: "
+                  f"{r['value']:.1f} {r['unit']}", file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="osma-throughput-") as t:
+        tmp = Path(t)
+        new, peak = run_section("matmul", {"n": 256 if q else 2048, "device": dev, "seconds": secs})
+        add(new, peak, True)
+        for crop in crops:
+            new, peak = run_section("forward", {"crop": crop, "batch": 32 if q else 256, "device": dev, "seconds": secs})
+            add(new, peak, True)
+            run_section("bundle", {"crop": crop, "tmp": str(tmp)})
+            n_img = 64 if q else max(256, 7680 * 32 * 32 // (crop * crop))
+            new, peak = run_section("attribute", {"crop": crop, "images": n_img, "device": dev, "tmp": str(tmp)})
+            add(new, peak, True)
+            for batching in (False, True):
+                add(run_server(tmp, crop, batching, clients, secs * (2 if q else 3), dev), None)
+            for method in ("softmax", "pose", "metric"):
+                new, peak = run_section("train", {"crop": crop, "method": method, "device": dev, "tmp": str(tmp),
+                                                  "batches": 2 if q else 20, "per_class_images": 16 if q else 160})
+                add(new, peak)
+
+    # ratios to references
+    def find(what: str, crop: Any, prec: str) -> float | None:  # noqa: ANN401
+        return next((r["value"] for r in rows if r["what"] == what and r.get("crop") == crop
+                     and r.get("precision") == prec), None)
+
+    for r in rows:
+        w, c, p = r["what"], r.get("crop"), r.get("precision")
+        ref, ref_name = None, ""
+        if w == "matmul":
+            ref, ref_name = find("matmul", None, "fp32"), "matmul fp32"
+        elif w == "forward":
+            ref, ref_name = find("forward", c, "fp32"), "forward fp32"
+        elif w.startswith("attribute"):
+            ref, ref_name = find("forward", c, p), f"forward {p}"
+        elif w.startswith("server"):
+            if w.endswith("on"):
+                ref_name = w.replace("on", "off")
+                ref = find(ref_name, c, "auto")
+            else:
+                ref, ref_name = find("attribute png", c, "fp32"), "attribute png fp32"
+        elif w.startswith("train"):
+            ref, ref_name = find("train softmax", c, "fp32"), "train softmax"
+        r["ratio"] = None if not ref else r["value"] / ref
+        r["reference"] = ref_name
+
+    print(f"\nosma throughput ({'QUICK: sizes too small to mean anything, ' if q else ''}device {dev}, "
+          f"{os.cpu_count()} CPUs, torch threads {_torch_threads()})")
+    print(f"{'measurement':<36} {'crop':>4} {'prec':>5} {'value':>8} {'unit':<7} {'ratio':>5}  {'reference':<32} {'peak MB':>8}  note")
+    for r in rows:
+        peak = f"{r['peak_mb']:.0f}{'*' if r.get('peak_so_far') else ''}" if "peak_mb" in r else "-"
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        print(f"{r['what']:<36} {str(r.get('crop', '-')):>4} {r.get('precision', ''):>5} "
+              f"{r['value']:>8.1f} {r['unit']:<7} {ratio:>5}  {r['reference']:<32} {peak:>8}  {r.get('note', '')}")
+    print("* peak of a process that ran several rows (its peak so far)")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"quick": q, "device": dev, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
