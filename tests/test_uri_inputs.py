@@ -125,7 +125,8 @@ def _rows(path: Path) -> list[dict]:
 
 def test_cli_uri_rows_equal_local_rows(micro_model: Path, images: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    args = ["attribute", str(micro_model), "--device", "cpu", "--format", "jsonl", "--no-progress", "--batch-size", "4"]  # = the shard size: same batches
+    # --batch-size 4 = the size of each of the 3 shards: the same batches in every run (same rounding)
+    args = ["attribute", str(micro_model), "--device", "cpu", "--format", "jsonl", "--no-progress", "--batch-size", "4"]
     r = runner.invoke(app, [*args, str(images), "--out", str(tmp_path / "local.jsonl")])
     assert r.exit_code == 0, r.output
     local = _rows(tmp_path / "local.jsonl")
