@@ -135,6 +135,9 @@ def test_cli_uri_rows_equal_local_rows(micro_model: Path, images: Path, tmp_path
     r = runner.invoke(app, [*args, _uri(images), "--out", str(tmp_path / "uri.jsonl")])
     assert r.exit_code == 0, r.output
     assert _rows(tmp_path / "uri.jsonl") == local and len(local) == 12
+    r = runner.invoke(app, [*args, _uri(images), "--out", str(tmp_path / "uri.jsonl")])  # resumes: nothing to do
+    assert r.exit_code == 0 and "12 image(s) already in" in r.output, r.output
+    assert _rows(tmp_path / "uri.jsonl") == local
     # --shard: the parts together are the whole
     parts: list[dict] = []
     for i in (1, 2, 3):
