@@ -128,3 +128,24 @@ def test_bad_options_are_refused() -> None:
         methods.create_method("prnu", ["a", "b"], backbone="simple_cnn")
     with pytest.raises(ValueError, match="wavelet"):
         methods.create_method("prnu", ["a", "b"], wavelet="haar2")
+
+
+def test_constant_channel_has_a_zero_residual_not_nan() -> None:
+    """skimage estimates a NaN noise sigma for a channel whose finest details are all exactly
+    zero (a constant 0 channel, as in saturated or synthetic images): its residual is 0."""
+    from osma.methods.prnu import wavelet_residuals
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((1, 32, 32, 3))
+    img[0, :, :, 0] = rng.random((32, 32))
+    r = wavelet_residuals(img)
+    assert np.isfinite(r).all()
+    # only the red channel carries a residual: GRAY[0] x (red - its own wavelet denoising), zero-mean
+    from skimage.restoration import denoise_wavelet
+
+    from osma.methods.prnu import GRAY
+
+    red = img[0, :, :, 0]
+    den = denoise_wavelet(red, wavelet="db4", mode="soft", method="BayesShrink", rescale_sigma=True)
+    expect = GRAY[0] * (red - den)
+    np.testing.assert_allclose(r[0], expect - expect.mean(), atol=1e-12)

@@ -165,3 +165,23 @@ def test_evaluate_on_ray_with_crops_gives_the_same_report(micro_model: Path, mic
     keys = ("closed_set", "open_set", "fang", "clustering", "counts", "unknown_classes", "inference")
     assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
     assert a["inference"] == {"crops": 4, "agg": "max"}
+
+
+def test_ray_reads_a_file_uri_directory(micro_model: Path, micro_zoo: Path, tmp_path: Path, local_ray: None) -> None:
+    """A ``file://`` directory URI on Ray: the rows of the local engine over the same directory, paths as URIs."""
+    src = sorted((micro_zoo.parent / "dataset" / "images").rglob("*.png"))[:20]
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i, p in enumerate(src):
+        shutil.copyfile(p, d / f"img_{i:02d}.png")
+    runner = CliRunner()
+    common = ["attribute", str(micro_model), "--device", "cpu", "--batch-size", "10", "--format", "jsonl"]
+    local = runner.invoke(app, [*common, str(d), "--out", str(tmp_path / "local.jsonl"), "--no-progress"])
+    assert local.exit_code == 0, local.output
+    expected = [json.loads(x) for x in (tmp_path / "local.jsonl").read_text().splitlines()]
+    for row in expected:
+        row["path"] = Path(row["path"]).as_uri()
+    ray_args = ["--engine", "ray", "--shard-size", "10", "--out", str(tmp_path / "ray")]
+    r = runner.invoke(app, [*common, d.as_uri(), *ray_args])
+    assert r.exit_code == 0, r.output
+    assert read_rows(tmp_path / "ray") == expected and len(expected) == 20

@@ -369,9 +369,15 @@ def _path_of(item: Any) -> str | None:
 
 
 def decode(item: ImageInput) -> np.ndarray:
-    """Decode a path, bytes, PIL image or array into an HxWx3 uint8 array (raises on failure)."""
+    """Decode a path, URI (``scheme://``, :func:`osma.batch.load_uri`), bytes, PIL image or
+    array into an HxWx3 uint8 array (raises on failure)."""
     from osma.images import load_image, to_rgb_array
 
+    if isinstance(item, str) and "://" in item:
+        from osma.batch import is_uri, load_uri
+
+        if is_uri(item):
+            return load_uri(item)  # pyarrow's file systems, then load_image from the bytes
     if isinstance(item, (str, os.PathLike, bytes)):
         return load_image(item)
     if _is_pil(item):

@@ -23,6 +23,8 @@ import hashlib
 import json
 import math
 import os
+import re
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,25 +39,159 @@ def read_inputs(inputs: Iterable[str | os.PathLike], skipped: list[tuple[str, st
     """Expand inputs as :func:`osma.attribution.expand_paths` does (files, directories,
     globs), except that a file named ``*.txt``/``*.lst``/``*.list`` is read as a list of
     inputs, one per line (blank lines and lines starting with ``#`` ignored; each line is
-    expanded the same way, so a list may name directories and globs)."""
-    from osma.attribution import expand_paths
-
+    expanded the same way, so a list may name directories and globs), and that a URI
+    (``scheme://...``, see :func:`is_uri`) is expanded by :func:`expand_uri`."""
     out: list[str] = []
     seen: set[str] = set()
+    left_out: list[tuple[str, str]] = []
     for raw in inputs:
         s = os.fsdecode(raw)
-        if s.lower().endswith(LIST_SUFFIXES) and os.path.isfile(s):
+        if not is_uri(s) and s.lower().endswith(LIST_SUFFIXES) and os.path.isfile(s):
             with open(s, encoding="utf-8", errors="surrogateescape") as fh:
                 lines = [ln.rstrip("\r\n") for ln in fh]
-            entries = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-            found = expand_paths(entries, skipped)
+            found = _expand([ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")], left_out)
         else:
-            found = expand_paths([s], skipped)
+            found = _expand([s], left_out)
         for p in found:
             if p not in seen:
                 seen.add(p)
                 out.append(p)
+    if skipped is not None:
+        listed: set[str] = set()
+        for path, why in left_out:  # an entry reached twice is counted once
+            if path not in listed:
+                listed.add(path)
+                skipped.append((path, why))
     return out
+
+
+def _expand(entries: Sequence[str], skipped: list[tuple[str, str]]) -> list[str]:
+    """Local entries through ``expand_paths`` (runs of them in one call), URIs through ``expand_uri``, in order."""
+    from osma.attribution import expand_paths
+
+    out: list[str] = []
+    run: list[str] = []
+    for e in [*entries, None]:
+        if e is not None and not is_uri(e):
+            run.append(e)
+            continue
+        if run:
+            out += expand_paths(run, skipped)
+            run = []
+        if e is not None:
+            out += expand_uri(e, skipped)
+    return out
+
+
+# --- URI inputs (pyarrow's file systems: file://, s3://, gs://, hdfs://, ...) ---------------
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_uri(s: str | os.PathLike) -> bool:
+    """True for ``scheme://...`` strings (read with pyarrow's file systems), False for local paths."""
+    return isinstance(s, str) and _URI.match(s) is not None
+
+
+def _filesystem(uri: str) -> tuple[Any, str]:
+    """``pyarrow.fs.FileSystem.from_uri``; a missing pyarrow or a bad/unsupported URI is a ``ValueError`` naming it."""
+    try:
+        from pyarrow import fs as pafs
+    except ImportError:
+        raise ValueError(f"{uri}: reading URIs needs pyarrow: pip install 'osma[ray]'") from None
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid/ArrowNotImplementedError/OSError
+        raise ValueError(f"{uri}: unsupported or invalid URI ({exc})") from None
+
+
+def expand_uri(uri: str, skipped: list[tuple[str, str]] | None = None) -> list[str]:
+    """A URI to a directory -> the URIs of the image files under it (recursively, the
+    extensions of :data:`osma.images.decode.IMAGE_EXTENSIONS`, sorted by path; ``skipped``
+    gets the other entries, as :func:`osma.attribution.expand_paths` does); anything else
+    (a file, a missing object, a URI that cannot be opened) is kept as one input, which then
+    reads or fails, as a row error, in :func:`read_uri`. Globs in URIs are not expanded."""
+    from osma.attribution import SKIPPED_EXTENSION, SKIPPED_SPECIAL
+    from osma.images.decode import IMAGE_EXTENSIONS
+
+    try:
+        fs, base = _filesystem(uri)
+        from pyarrow import fs as pafs  # _filesystem succeeded, so pyarrow is here
+
+        if fs.get_file_info(base).type != pafs.FileType.Directory:
+            return [uri]
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+    except Exception:  # noqa: BLE001 - reported per row when the URI is read
+        return [uri]
+    parts = urllib.parse.urlsplit(uri)
+    root, prefix = parts.path.rstrip("/"), base.rstrip("/") + "/"
+    found, left_out = [], []
+    for info in infos:
+        if info.type == pafs.FileType.Directory or not info.path.startswith(prefix):
+            continue
+        # the entry's URI: the directory URI with the (percent-encoded) relative path appended
+        sub = urllib.parse.urlunsplit(parts._replace(path=root + "/" + urllib.parse.quote(info.path[len(prefix):])))
+        if info.type != pafs.FileType.File:
+            left_out.append((info.path, sub, SKIPPED_SPECIAL))
+        elif os.path.splitext(info.path)[1].lower() not in IMAGE_EXTENSIONS:
+            left_out.append((info.path, sub, SKIPPED_EXTENSION))
+        else:
+            found.append((info.path, sub))
+    if skipped is not None:  # sorted as expand_paths sorts (by path components)
+        skipped.extend((sub, why) for _, sub, why in sorted(left_out, key=lambda e: e[0].split("/")))
+    return [sub for _, sub in sorted(found, key=lambda e: e[0].split("/"))]
+
+
+def read_uri(uri: str, max_bytes: int | None = None) -> bytes:
+    """The bytes of the object at ``uri``, at most ``max_bytes`` (default: the decoder's
+    :data:`osma.images.decode.MAX_FILE_BYTES`): only a file is opened, one whose listed size
+    is over the limit is refused unread, and at most ``max_bytes + 1`` bytes are read from the
+    stream (one more tells an object larger than listed). Failures are :class:`ImageError`
+    naming the URI."""
+    from osma.images.decode import MAX_FILE_BYTES, ImageError
+
+    limit = MAX_FILE_BYTES if max_bytes is None else max_bytes
+    too_big = "file is {} bytes, over the limit of " + f"{limit} bytes (max_bytes)"
+    try:
+        fs, path = _filesystem(uri)
+        from pyarrow import fs as pafs  # _filesystem succeeded, so pyarrow is here
+
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise ImageError(uri, "cannot read file (not found)")
+        if info.type != pafs.FileType.File:
+            kind = "a directory" if info.type == pafs.FileType.Directory else "not a plain file"
+            raise ImageError(uri, f"not a regular file ({kind})")
+        if info.size is not None and info.size > limit:
+            raise ImageError(uri, too_big.format(info.size))
+        chunks, total = [], 0
+        with fs.open_input_stream(path) as fh:
+            while total < limit + 1:
+                more = fh.read(min(limit + 1 - total, 1 << 24))
+                if not more:
+                    break
+                chunks.append(more)
+                total += len(more)
+    except ImageError:
+        raise
+    except ValueError as exc:  # from _filesystem: the message names the URI already
+        raise ImageError(uri, str(exc).removeprefix(f"{uri}: ")) from None
+    except Exception as exc:  # noqa: BLE001 - pyarrow's I/O errors (OSError and others)
+        raise ImageError(uri, f"cannot read file ({exc})") from None
+    if total > limit:
+        raise ImageError(uri, too_big.format(f"more than {limit}"))
+    return b"".join(chunks)
+
+
+def load_uri(uri: str) -> Any:  # noqa: ANN401 - np.ndarray
+    """Decode the image at ``uri`` with :func:`osma.images.decode.load_image` from its bytes
+    (:func:`read_uri`), every bound of the decoder kept; errors name the URI."""
+    from osma.images.decode import ImageError, load_image
+
+    data = read_uri(uri)
+    try:
+        return load_image(data)
+    except ImageError as exc:  # it names "<bytes>"
+        raise ImageError(uri, exc.reason) from None
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -430,6 +566,6 @@ def split_outputs_ray(attributor: Any, split: Any, model: str | os.PathLike, **k
 
 __all__ = [
     "FORMATS", "LIST_SUFFIXES", "ChunkEmbedder", "ShardAttributor", "attribute_ray", "columns", "embed_paths_ray",
-    "flat_row", "make_plan", "predict_paths_ray", "split_outputs_ray",
-    "nested_row", "parse_shard", "read_inputs", "read_rows", "shard", "shard_path", "write_shard",
+    "expand_uri", "flat_row", "is_uri", "load_uri", "make_plan", "predict_paths_ray", "split_outputs_ray",
+    "nested_row", "parse_shard", "read_inputs", "read_uri", "read_rows", "shard", "shard_path", "write_shard",
 ]

@@ -184,8 +184,9 @@ def attribute(
 ) -> None:
     """Attribute images to their source model (or 'unknown').
 
-    INPUTS are image files, directories (recursive), globs, and text files (*.txt, *.lst,
-    *.list) listing such inputs one per line. With --engine ray, results go to Parquet (or
+    INPUTS are image files, directories (recursive), globs, URIs (file://, s3://, ... to a
+    file or a directory, read with pyarrow.fs), and text files (*.txt, *.lst, *.list) listing
+    such inputs one per line. With --engine ray, results go to Parquet (or
     --format jsonl) shard files in the --out directory; a re-run skips the shards written.
 
     Exit status: 0 when every image was attributed, 1 when any could not be read.

@@ -20,6 +20,8 @@ fingerprints.
 """
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,8 +51,14 @@ def wavelet_residuals(images: np.ndarray, *, wavelet: str = "db4", levels: int |
 
     out = np.empty(images.shape[:3], np.float64)
     for i, im in enumerate(np.asarray(images, np.float64)):
-        den = denoise_wavelet(im, sigma=sigma, wavelet=wavelet, mode="soft", wavelet_levels=levels,
-                              convert2ycbcr=False, method=method, rescale_sigma=True, channel_axis=-1)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            den = denoise_wavelet(im, sigma=sigma, wavelet=wavelet, mode="soft", wavelet_levels=levels,
+                                  convert2ycbcr=False, method=method, rescale_sigma=True, channel_axis=-1)
+        # a channel whose finest wavelet details are all exactly zero (e.g. a constant 0 or 255
+        # channel) has no noise to estimate: skimage's sigma is then NaN; its residual is 0
+        bad = ~np.isfinite(den).all(axis=(0, 1))
+        den[..., bad] = im[..., bad]
         r = (im - den) @ GRAY
         out[i] = r - r.mean()
     return out
