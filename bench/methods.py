@@ -52,7 +52,7 @@ METHODS: dict[str, tuple[str, dict]] = {
     "proser": ("proser", {"init_from": "softmax"}),
     "arpl": ("arpl", {"cs": False}),
     "arpl+cs": ("arpl", {}),
-    "dias": ("dias", {}),
+    "dias": ("dias", {"optimizer": "adam", "lr": 1e-4}),  # the code's SGD 0.1 diverged on mini (DCT input)
     # attribution methods (issue 14)
     "prnu": ("prnu", {}),
     "dct_cnn": ("dct_cnn", {}),

@@ -269,3 +269,21 @@ def test_centroid_distances_match_scipy() -> None:
     x, c = rng.normal(size=(7, 5)).astype(np.float32), rng.normal(size=(3, 5)).astype(np.float32)
     np.testing.assert_allclose(centroid_distances(x, c), cdist(x.astype(np.float64), c.astype(np.float64)), atol=1e-9)
     assert centroid_distances(c, c).diagonal().max() < 1e-6  # no NaN from rounding below zero
+
+
+def test_divergence_stops_training_with_a_clear_error(toy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A non-finite loss stops the run at once (naming the epoch, batch and loss); the
+    checkpoint of the last good epoch stays and no bundle is written."""
+    from osma.methods.softmax import SoftmaxMethod
+
+    real_step = SoftmaxMethod.train_step
+
+    def step(self, ctx, x, y):  # noqa: ANN001, ANN202 - NaN from the second epoch (0-based 1) on
+        out = real_step(self, ctx, x, y)
+        return {**out, "loss_cls": float("nan")} if ctx.epoch == 1 else out
+
+    monkeypatch.setattr(SoftmaxMethod, "train_step", step)
+    with pytest.raises(FloatingPointError, match=r"diverged at epoch 2, batch 1: loss\(es\) loss_cls not finite"):
+        methods.train(toy[0], "split1", "softmax", tmp_path, epochs=3, **SMALL)
+    assert not (tmp_path / "model.json").exists()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch_*.json")) == ["epoch_0001.json"]

@@ -18,6 +18,7 @@ writes the checkpoints, the log and the bundle; the final embedding pass is shar
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,13 @@ class Trainer:
                 x, y = m.input_tensor(b[0]), torch.as_tensor(b[1]).long().to(m.device)
                 losses = m.train_step(ctx, x, y)
                 n += 1
+                bad = [k for k, v in losses.items() if not math.isfinite(float(v))]
+                if bad:  # diverged: every later step would be NaN too; stop before saving anything
+                    if bar is not None:
+                        bar.close()
+                    raise FloatingPointError(
+                        f"{m.method}: training diverged at epoch {epoch + 1}, batch {n}: loss(es) {', '.join(bad)} "
+                        f"not finite; the checkpoints in {ckdir} hold the last good epoch (try a lower lr)")
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 if bar is not None:
