@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from osma.methods.network import NetworkMethod, NetworkOptions
+from osma.methods.network import NetworkOptions
 from osma.methods.registry import register_method
+from osma.methods.softmax import SoftmaxMethod
 from osma.options import opt
 
 
@@ -31,7 +31,7 @@ class DctCnnOptions(NetworkOptions):
 
 
 @register_method("dct_cnn")
-class DctCnnMethod(NetworkMethod):
+class DctCnnMethod(SoftmaxMethod):
     """Frank et al.'s CNN on the standardised log-DCT, cross-entropy, Adam."""
 
     Options = DctCnnOptions
@@ -43,22 +43,10 @@ class DctCnnMethod(NetworkMethod):
         nn.init.xavier_uniform_(self.head.weight)  # Keras's Dense default
         nn.init.zeros_(self.head.bias)
 
-    def modules(self) -> dict[str, nn.Module]:
-        return {"backbone": self.backbone, "head": self.head, "input": self.input}
-
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         params = [p for m in self.modules().values() for p in m.parameters()]
         return {"model": torch.optim.Adam(params, lr=self.opts.lr, eps=self.opts.adam_eps)}
 
-    def logits(self, emb: torch.Tensor) -> torch.Tensor:
-        self.head.eval()
-        return self.head(emb.to(self.device))
-
-    def train_step(self, ctx, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:  # noqa: ANN001
-        opt = ctx.optimizers["model"]
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.head(self.features(x)), y)
-        loss.backward()
-        opt.step()
-        self.after_step()
-        return {"loss_cls": loss.item()}
+    def schedulers(self, opts: dict[str, torch.optim.Optimizer]) -> dict:
+        """A constant learning rate (no StepLR); logits and the training step are softmax's."""
+        return {}

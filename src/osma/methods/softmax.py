@@ -53,11 +53,12 @@ class SoftmaxMethod(NetworkMethod):
         return F.cross_entropy(logits, labels)
 
     def train_step(self, ctx, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:  # noqa: ANN001
-        opt, sched = ctx.optimizers["model"], ctx.schedulers["model"]
+        opt, sched = ctx.optimizers["model"], ctx.schedulers.get("model")  # subclasses may have none
         opt.zero_grad(set_to_none=True)
         loss = self.classification_loss(self.head(self.features(x)), y)
         loss.backward()
         opt.step()
         self.after_step()
-        sched.step()
+        if sched is not None:
+            sched.step()
         return {"loss_cls": loss.item()}

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from osma.methods.network import NetworkMethod, NetworkOptions
+from osma.methods.network import NetworkOptions
 from osma.methods.registry import register_method
+from osma.methods.softmax import SoftmaxMethod
 from osma.models.yu_net import EqualizedLinear
 from osma.options import opt
 
@@ -31,7 +31,7 @@ class YuOptions(NetworkOptions):
 
 
 @register_method("yu")
-class YuMethod(NetworkMethod):
+class YuMethod(SoftmaxMethod):
     """Yu et al.'s attribution network trained with cross-entropy."""
 
     Options = YuOptions
@@ -41,23 +41,11 @@ class YuMethod(NetworkMethod):
     def build(self) -> None:
         self.head = EqualizedLinear(self.opts.embed_dim, self.n_train, gain=1.0)
 
-    def modules(self) -> dict[str, nn.Module]:
-        return {"backbone": self.backbone, "head": self.head, "input": self.input}
-
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         params = [p for m in self.modules().values() for p in m.parameters()]
         o = self.opts
         return {"model": torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.adam_eps)}
 
-    def logits(self, emb: torch.Tensor) -> torch.Tensor:
-        self.head.eval()
-        return self.head(emb.to(self.device))
-
-    def train_step(self, ctx, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:  # noqa: ANN001
-        opt = ctx.optimizers["model"]
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.head(self.features(x)), y)
-        loss.backward()
-        opt.step()
-        self.after_step()
-        return {"loss_cls": loss.item()}
+    def schedulers(self, opts: dict[str, torch.optim.Optimizer]) -> dict:
+        """A constant learning rate (no StepLR); logits and the training step are softmax's."""
+        return {}
