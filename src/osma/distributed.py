@@ -137,20 +137,25 @@ def broadcast_modules(modules: Iterable[nn.Module], src: int = 0) -> None:
 @torch.no_grad()
 def average_buffers(modules: Iterable[nn.Module]) -> None:
     """Average the floating-point buffers (BatchNorm running statistics) over the ranks."""
-    import torch.distributed as dist
-
     if not is_initialized():
         return
-    bufs = [b for m in modules for b in m.buffers() if b.is_floating_point()]
-    if not bufs:
+    _mean_in_place([b for m in modules for b in m.buffers() if b.is_floating_point()])
+
+
+def _mean_in_place(tensors: list[torch.Tensor]) -> None:
+    """Replace each tensor by its mean over the ranks: one all-reduce of them all, flattened."""
+    import torch.distributed as dist
+
+    if not tensors:
         return
-    flat = torch.cat([b.reshape(-1) for b in bufs])
-    dist.all_reduce(flat)
-    flat /= world_size()
-    offset = 0
-    for b in bufs:
-        b.copy_(flat[offset:offset + b.numel()].view_as(b))
-        offset += b.numel()
+    with torch.no_grad():
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat)
+        flat /= world_size()
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
 
 
 def average_gradients_hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:  # noqa: ANN401
@@ -159,21 +164,9 @@ def average_gradients_hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: 
     One all-reduce of the flattened gradients of the parameters that have one; every rank
     runs the same code path, so the same parameters have gradients everywhere.
     """
-    import torch.distributed as dist
-
     if not is_initialized():
         return
-    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    if not grads:
-        return
-    with torch.no_grad():
-        flat = torch.cat([t.reshape(-1) for t in grads])
-        dist.all_reduce(flat)
-        flat /= world_size()
-        offset = 0
-        for t in grads:
-            t.copy_(flat[offset:offset + t.numel()].view_as(t))
-            offset += t.numel()
+    _mean_in_place([p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None])
 
 
 _HOOK: Any = None
