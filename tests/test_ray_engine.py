@@ -184,4 +184,12 @@ def test_ray_reads_a_file_uri_directory(micro_model: Path, micro_zoo: Path, tmp_
     ray_args = ["--engine", "ray", "--shard-size", "10", "--out", str(tmp_path / "ray")]
     r = runner.invoke(app, [*common, d.as_uri(), *ray_args])
     assert r.exit_code == 0, r.output
-    assert read_rows(tmp_path / "ray") == expected and len(expected) == 20
+    got = read_rows(tmp_path / "ray")
+    assert len(expected) == 20 and len(got) == 20
+    # rows equal except the last float32 digit of a probability: Ray's actor runs the same
+    # batch with its own thread count (1 CPU), which can change a reduction's rounding
+    for g, e in zip(got, expected):
+        assert {k: v for k, v in g.items() if k not in ("score", "scores")} == \
+            {k: v for k, v in e.items() if k not in ("score", "scores")}
+        assert g["score"] == pytest.approx(e["score"], rel=1e-6, abs=1e-7)
+        assert g["scores"] == pytest.approx(e["scores"], rel=1e-6, abs=1e-7)
