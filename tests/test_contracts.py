@@ -152,7 +152,10 @@ def _to_format1(bundle: Path, out: Path) -> None:
     """Rewrite a current bundle in the first format (flat config, score tensors on top)."""
     doc = json.loads((bundle / "model.json").read_text())
     t = load_file(str(bundle / "model.safetensors"))
-    flat = {**doc["preprocess"], **doc["options"], "score": doc["score"]["name"],
+    from osma.methods.legacy import _PRE
+
+    pre = {k: v for k, v in doc["preprocess"].items() if k in _PRE}  # what the first format had
+    flat = {**pre, **doc["options"], "score": doc["score"]["name"],
             "train_counts": doc["training"]["train_counts"], "n_train_classes": doc["n_trained"],
             "training": {"epochs_done": doc["training"]["epochs_done"], "resumed_from": None}}
     if doc["score"]["name"] == "knn":
@@ -180,6 +183,22 @@ def test_first_format_bundles_load(bundles, micro_split, name: str, tmp_path: Pa
     np.testing.assert_array_equal(old.predict_arrays(imgs).score, att.predict_arrays(imgs).score)
     old.save(tmp_path / "new")  # saved again in the current format
     assert json.loads((tmp_path / "new" / "model.json").read_text())["format"] == "osma-bundle/2"
+
+
+def test_bundles_from_before_resize_filter_keep_bilinear(micro_zoo: Path, tmp_path: Path) -> None:
+    """A bundle written before ``resize_filter`` existed resized with bilinear: it loads so,
+    and predicts as a bundle that names bilinear, not as today's bicubic default."""
+    att = methods.train(micro_zoo, "split1", "softmax", tmp_path / "run", epochs=1, seed=0,
+                        **{**FAST, "resize": 40, "resize_filter": "bilinear"})
+    doc = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert doc["preprocess"]["resize_filter"] == "bilinear"
+    del doc["preprocess"]["resize_filter"]
+    (tmp_path / "run" / "model.json").write_text(json.dumps(doc))
+    old = methods.load_attributor(tmp_path / "run", device="cpu")
+    assert old.pre.resize_filter == "bilinear"
+    imgs = [load_image(s.path) for s in load_split(micro_zoo, "split1").test[:6]]
+    np.testing.assert_array_equal(old.predict_arrays(imgs).score, att.predict_arrays(imgs).score)
+    assert methods.Preprocess().resize_filter == "bicubic"
 
 
 def test_unknown_bundle_format_is_refused(bundles, tmp_path: Path) -> None:  # noqa: ANN001

@@ -299,6 +299,22 @@ def test_resize_and_flip() -> None:
     np.testing.assert_array_equal(hflip(img), img[:, ::-1])
 
 
+@pytest.mark.parametrize("size", [12, 64])  # shrinking and enlarging
+def test_resize_filters_are_pillows(size: int) -> None:
+    """``resize`` is Pillow's resize with the named filter; bicubic (Pillow's own default,
+    the official POSE code's ``img.resize((128, 128))``) unless told."""
+    img = np.random.default_rng(1).integers(0, 256, (32, 24, 3), dtype=np.uint8)
+    pil = Image.fromarray(img)
+    bicubic = np.asarray(pil.resize((size, size)))  # Pillow's default filter
+    bilinear = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(resize(img, size), bicubic)
+    np.testing.assert_array_equal(resize(img, size, "bilinear"), bilinear)
+    assert not np.array_equal(bicubic, bilinear)
+    np.testing.assert_array_equal(eval_patch(img, 8, size, "bilinear"), center_crop(bilinear, 8))
+    with pytest.raises(ValueError, match="'lanczos'"):
+        resize(img, size, "lanczos")
+
+
 def test_jpeg_recompression() -> None:
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
@@ -418,6 +434,7 @@ def test_eval_patch_is_the_dataset_evaluation_patch(tmp_path: Path, resize_to: i
         samples.append((p, 0))
     for cache in (False, True):
         ds = ImageDataset(samples, CropConfig(size=16, resize=resize_to), cache=cache)
+        lin = ImageDataset(samples, CropConfig(size=16, resize=resize_to, resize_filter="bilinear"), cache=cache)
         for i, (p, _) in enumerate(samples):
             img = load_image(p)
             patch = eval_patch(img, 16, resize_to)
@@ -425,6 +442,7 @@ def test_eval_patch_is_the_dataset_evaluation_patch(tmp_path: Path, resize_to: i
             ref = center_crop(resize(img, resize_to) if resize_to else img, 16)  # the steps spelled out
             np.testing.assert_array_equal(patch, ref)
             np.testing.assert_array_equal(ds[i][0].permute(1, 2, 0).numpy(), patch)
+            np.testing.assert_array_equal(lin[i][0].permute(1, 2, 0).numpy(), eval_patch(img, 16, resize_to, "bilinear"))
 
 
 def test_dataset_cache_keeps_decoded_images(tmp_path: Path) -> None:

@@ -214,6 +214,49 @@ def test_pose_variants_resume_and_augmentation_embeddings(toy, trained, tmp_path
     assert aug.shape == (len(pose.augnets) * 3, 16) and len(pose.augnets) == 3
 
 
+def test_pose_official_behaviours(toy, tmp_path: Path) -> None:  # noqa: ANN001
+    """Issue 18's options: ``eval_after`` freezes the BatchNorm statistics (network in
+    evaluation mode) from that epoch on, ``close_from`` holds L_A's similarity term back
+    until that epoch, ``dropout_features`` passes the training embeddings through the head's
+    dropout (and the logits then skip it, so that it is applied once)."""
+    data = toy[0]
+    opts = {**SMALL, "precise_bn": False}
+    seen = {}
+
+    def bn_means(att) -> list[torch.Tensor]:  # noqa: ANN001
+        return [m.running_mean.clone() for m in att.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+    for eval_after in (0, 1):
+        one = methods.train(data, "split1", "pose", tmp_path / f"e{eval_after}a", epochs=1, eval_after=eval_after,
+                            **opts)
+        two = methods.train(data, "split1", "pose", tmp_path / f"e{eval_after}b", epochs=2, eval_after=eval_after,
+                            **opts)
+        seen[eval_after] = [torch.equal(a, b) for a, b in zip(bn_means(one), bn_means(two))]
+    assert all(seen[1]) and not any(seen[0])  # frozen after epoch 1 / still moving in epoch 2
+    methods.train(data, "split1", "pose", tmp_path / "c", epochs=3, close_from=3, **opts)
+    log = [json.loads(x) for x in (tmp_path / "c" / "train_log.jsonl").read_text().splitlines()]
+    assert ["loss_close_known" in r for r in log] == [False, False, True]
+
+    torch.manual_seed(0)
+    att = methods.create_method("pose", ["a", "b"], crop=16, width=0.25, embed_dim=64, dropout=0.5,
+                                device="cpu")
+    assert att.opts.dropout_features  # the default since issue 18
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    att.train_mode(True)
+    f = att._embed(x)
+    zeros = (f == 0).float().mean().item()
+    assert 0.3 < zeros < 0.7  # half the embedding dropped, as the head's Dropout(0.5) does
+    np.testing.assert_allclose(att._classify(f).detach().numpy(), att.head[1](f).detach().numpy())
+    att.train_mode(False)
+    f = att._embed(x)
+    np.testing.assert_array_equal(f.detach().numpy(), att.features(x).detach().numpy())
+    np.testing.assert_array_equal(att._classify(f).detach().numpy(), att.head(f).detach().numpy())
+    off = methods.create_method("pose", ["a", "b"], crop=16, width=0.25, embed_dim=64, dropout=0.5,
+                                dropout_features=False, device="cpu")
+    off.train_mode(True)
+    assert (off._embed(x) != 0).all()
+
+
 def test_bad_options_and_bundles(toy, tmp_path: Path) -> None:  # noqa: ANN001
     _, sp, _, _ = toy
     with pytest.raises(ValueError, match="unknown method"):

@@ -72,6 +72,20 @@ def test_constrained_conv_kills_constant_images() -> None:
     assert torch.allclose(conv(x)[..., 2:-2, 2:-2], torch.zeros(1, 3, 12, 12), atol=1e-5)
 
 
+def test_dct_unnorm_is_torch_dct_default_scaling() -> None:
+    """``dct_unnorm`` (POSE's ``torch_dct.dct_2d(x)``, norm=None) = scipy's unnormalised DCT-II,
+    on non-square inputs too."""
+    from osma.models import create_input
+
+    x = torch.rand(2, 3, 16, 12, dtype=torch.float64) * 2 - 1
+    ref = scipy.fft.dctn(x.numpy(), type=2, axes=(-2, -1))
+    np.testing.assert_allclose(create_input("dct_unnorm", 16)(x).numpy(), ref, rtol=1e-10, atol=1e-10)
+    # = the orthonormal DCT times sqrt(2N) per axis, and sqrt(2) more at frequency 0
+    ortho = create_input("dct", 16)(x).numpy()
+    assert np.allclose(ref[..., 1:, 1:] / ortho[..., 1:, 1:], np.sqrt(32) * np.sqrt(24))
+    assert np.allclose(ref[..., 0, 0] / ortho[..., 0, 0], np.sqrt(64) * np.sqrt(48))
+
+
 def test_to_model_input_rgb_and_dct() -> None:
     rng = np.random.default_rng(0)
     u8 = torch.from_numpy(rng.integers(0, 256, (2, 3, 16, 16), dtype=np.uint8))

@@ -257,8 +257,9 @@ def test_pose_reuses_f_x_without_changing_l_a() -> None:
     from osma.methods import METHODS
 
     torch.manual_seed(0)
-    m = METHODS["pose"](["a", "b", "c"], preprocess={"crop": 16}, options={"width": 0.25, "embed_dim": 8},
-                        device="cpu")
+    # without the dropout on the embeddings: a fresh f(x) would draw another dropout mask
+    m = METHODS["pose"](["a", "b", "c"], preprocess={"crop": 16},
+                        options={"width": 0.25, "embed_dim": 8, "dropout_features": False}, device="cpu")
     m._grow(1)
     m.train_mode(True)
     aug = m._new_augnet()

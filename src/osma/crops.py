@@ -68,14 +68,15 @@ def _spread(length: int, size: int, k: int) -> list[int]:
     return [int(np.floor(i * step + 0.5)) for i in range(k)]
 
 
-def image_crops(img: np.ndarray, size: int, n: int, resize: int | None = None) -> np.ndarray:
+def image_crops(img: np.ndarray, size: int, n: int, resize: int | None = None,
+                filter: str = "bicubic") -> np.ndarray:  # noqa: A002
     """The crops of one decoded uint8 HxWx3 image, (k, size, size, 3) with ``1 <= k <= n``:
-    optional square ``resize`` (as :func:`osma.images.eval_patch`), reflect padding of sides
+    optional square ``resize`` with ``filter`` (as :func:`osma.images.eval_patch`), reflect padding of sides
     shorter than ``size``, then the :func:`crop_grid` crops. Only the crops are copied."""
     from osma.images.transforms import pad_to, resize as _resize
 
     if resize:
-        img = _resize(img, resize)
+        img = _resize(img, resize, filter)
     img = pad_to(img, size)
     h, w = img.shape[:2]
     return np.stack([img[t:t + size, le:le + size] for t, le in crop_grid(h, w, size, n)])

@@ -203,9 +203,9 @@ class ImageDataset(Dataset):
             return arr
         arr = load_image(self.paths[index], max_pixels=self.max_pixels)
         if not self.config.train:
-            arr = eval_patch(arr, self.config.size, self.config.resize)
+            arr = eval_patch(arr, self.config.size, self.config.resize, self.config.resize_filter)
         elif self.config.resize:
-            arr = resize(arr, self.config.resize)
+            arr = resize(arr, self.config.resize, self.config.resize_filter)
         if self.cache:
             with self._cache_lock:  # preload fills the cache from several threads
                 if self._cached_bytes + arr.nbytes <= self.cache_bytes and index not in self._arrays:

@@ -86,29 +86,37 @@ def random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndar
     return img[top : top + size, left : left + size]
 
 
-def resize(img: np.ndarray, size: int) -> np.ndarray:
+#: resampling filters of :func:`resize` (Pillow's, which widen their kernel when shrinking)
+RESIZE_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def resize(img: np.ndarray, size: int, filter: str = "bicubic") -> np.ndarray:  # noqa: A002
     """Resize to exactly ``size`` x ``size`` (aspect ratio not kept, as POSE's 128 x 128 input).
 
-    Pillow bilinear, which widens its kernel when shrinking (antialiased), i.e. what
-    torchvision's ``Resize`` does on PIL images. Destroys high-frequency traces: explicit option only.
+    Pillow ``filter`` (:data:`RESIZE_FILTERS`), antialiased when shrinking: ``bilinear`` is
+    what torchvision's ``Resize`` does on PIL images, ``bicubic`` is Pillow's own default and
+    what the official POSE code gets from ``img.resize((128, 128))``. Destroys or invents
+    high-frequency traces: explicit option only.
     """
+    if filter not in RESIZE_FILTERS:
+        raise ValueError(f"resize filter {filter!r} is not one of {sorted(RESIZE_FILTERS)}")
     if img.shape[0] == size and img.shape[1] == size:
         return img
-    out = Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.Resampling.BILINEAR)
+    out = Image.fromarray(np.ascontiguousarray(img)).resize((size, size), RESIZE_FILTERS[filter])
     return np.asarray(out, dtype=np.uint8)
 
 
 _resize = resize  # eval_patch's ``resize`` argument shadows the function's name
 
 
-def eval_patch(img: np.ndarray, size: int, resize: int | None = None) -> np.ndarray:
-    """The evaluation patch of a decoded image: optional square ``resize`` (when truthy),
-    then the centre ``size`` x ``size`` crop (reflect-padded if smaller), contiguous.
+def eval_patch(img: np.ndarray, size: int, resize: int | None = None, filter: str = "bicubic") -> np.ndarray:  # noqa: A002
+    """The evaluation patch of a decoded image: optional square ``resize`` (when truthy,
+    with ``filter``), then the centre ``size`` x ``size`` crop (reflect-padded if smaller), contiguous.
 
     What :class:`osma.images.ImageDataset` feeds a network in evaluation mode.
     """
     if resize:
-        img = _resize(img, resize)
+        img = _resize(img, resize, filter)
     return np.ascontiguousarray(center_crop(img, size))
 
 
@@ -197,6 +205,8 @@ class CropConfig:
 
     size: int = 64
     resize: int | None = None
+    #: :func:`resize`'s filter
+    resize_filter: str = "bicubic"
     train: bool = False
     jpeg: bool = False
     flip: bool = False
@@ -206,6 +216,7 @@ class CropConfig:
 __all__ = [
     "CropConfig",
     "JPEG_QUALITIES",
+    "RESIZE_FILTERS",
     "center_crop",
     "dct2",
     "eval_patch",

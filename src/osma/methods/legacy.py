@@ -38,7 +38,9 @@ def split_flat_config(method: str, cfg: Mapping[str, Any], where: str = "") -> d
     training = dict(cfg.get("training") or {})
     record = {"train_counts": dict(cfg.get("train_counts") or {}), "epochs_done": int(training.get("epochs_done", 0)),
               "resumed_from": training.get("resumed_from")}
-    return {"preprocess": {k: cfg[k] for k in _PRE if k in cfg}, "options": options,
+    from osma.methods.network import ADDED_PREPROCESS
+
+    return {"preprocess": {**ADDED_PREPROCESS, **{k: cfg[k] for k in _PRE if k in cfg}}, "options": options,
             "score": {"name": score, "options": score_options}, "training": record,
             "n_trained": cfg.get("n_train_classes")}
 

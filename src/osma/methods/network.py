@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from osma.images.transforms import RESIZE_FILTERS
 from osma.methods.base import Attributor, Prediction
 from osma.names import check_source_name
 from osma.models import BACKBONES, INPUTS, constrain, create_backbone, create_input, to_pixels
@@ -35,6 +36,9 @@ from osma.runtime import resolve_device
 from osma.scores import Features, Score, create_score
 
 BUNDLE_FORMAT = "osma-bundle/2"
+#: preprocessing options added after the bundle format was fixed, with the behaviour of the
+#: bundles written before them (until osma 0.1.0's issue 18, resizing was bilinear)
+ADDED_PREPROCESS: dict[str, Any] = {"resize_filter": "bilinear"}
 AUGMENTS = ("none", "flip", "jpeg", "jpeg+flip")
 
 
@@ -47,6 +51,8 @@ class Preprocess(Options):
     crop: int = opt(32, "side of the square crop the network sees, in pixels", min=4, max=4096)
     resize: int | None = opt(None, "resize images to this square size before cropping (None: never resample)",
                              min=4, max=16384)
+    resize_filter: str = opt("bicubic", "resampling filter of the resize (Pillow's; bicubic is Pillow's default and "
+                             "the official POSE code's)", choices=tuple(RESIZE_FILTERS))
     augment: str = opt("none", "training augmentation", choices=AUGMENTS)
 
     def validate(self) -> None:
@@ -180,7 +186,7 @@ class NetworkMethod(Attributor):
         from osma.images import CropConfig
 
         aug = self.pre.augment
-        return CropConfig(size=self.pre.crop, resize=self.pre.resize, train=train,
+        return CropConfig(size=self.pre.crop, resize=self.pre.resize, resize_filter=self.pre.resize_filter, train=train,
                           jpeg=train and "jpeg" in aug, flip=train and "flip" in aug)
 
     def prepare(self, img: np.ndarray) -> np.ndarray:
@@ -190,7 +196,7 @@ class NetworkMethod(Attributor):
         img = np.asarray(img)
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise ValueError(f"expected a uint8 HxWx3 image, got {img.dtype} {img.shape}")
-        return eval_patch(img, self.pre.crop, self.pre.resize)
+        return eval_patch(img, self.pre.crop, self.pre.resize, self.pre.resize_filter)
 
     def input_tensor(self, batch_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 patches, (N, H, W, 3) arrays or (N, 3, H, W) tensors (loader batches), ->
@@ -273,7 +279,7 @@ class NetworkMethod(Attributor):
         img = np.asarray(img)
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise ValueError(f"expected a uint8 HxWx3 image, got {img.dtype} {img.shape}")
-        return image_crops(img, self.pre.crop, self.crops, self.pre.resize)
+        return image_crops(img, self.pre.crop, self.crops, self.pre.resize, self.pre.resize_filter)
 
     @torch.no_grad()
     def embed_crops(self, images: list[np.ndarray], batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -629,6 +635,8 @@ def read_bundle_json(d: Path) -> dict[str, Any]:
     sc = doc.get("score") or {}
     _expect(js, "score.name", sc.get("name") is None or isinstance(sc.get("name"), str), "a score name", sc.get("name"))
     if fmt == BUNDLE_FORMAT:  # save() writes every option: a missing one would silently become its default
+        if isinstance(doc.get("preprocess"), dict):  # ... except those added later, with their value before
+            doc["preprocess"] = {**ADDED_PREPROCESS, **doc["preprocess"]}
         missing = [f"preprocess.{k}" for k in Preprocess.names() if k not in (doc.get("preprocess") or {})]
         missing += ["score.name"] if "name" not in sc else []
         _expect(js, missing[0] if missing else "preprocess", not missing, "present (a bundle lists every option)",

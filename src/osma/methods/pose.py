@@ -56,6 +56,14 @@ class PoseOptions(SoftmaxOptions):
     known_sim: float = opt(0.95, "cosine similarity above which the similarity term stops pulling")
     w_div: float = opt(1e-4, "weight of L_A's diversity term", min=0)
     mse_lowbound: float = opt(0.0, "floor under L_A's reconstruction term", min=0)
+    # the official code's behaviours, each an option (issue 18; docs/results.md, "POSE at 128 px")
+    eval_after: int = opt(0, "train the network in evaluation mode (BatchNorm statistics frozen, dropout off) after "
+                             "this many epochs, as the official code does after its first evaluation (official: 1); "
+                             "0: train mode throughout", min=0)
+    close_from: int = opt(1, "first epoch (from 1) with L_A's similarity term (official code: 2, once an earlier "
+                             "augmentation model exists)", min=1)
+    dropout_features: bool = opt(True, "the losses on embeddings see the head's dropout, as with the official "
+                                       "head's in-place dropout (train mode only; false: osma before issue 18)")
 
 
 class AugNet(nn.Module):
@@ -122,6 +130,16 @@ class PoseMethod(SoftmaxMethod):
     def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return pose_cross_entropy(logits, labels, self.opts.temperature)
 
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Training embeddings: f(x), through the head's dropout when ``dropout_features``
+        (the official head's ``Dropout(inplace=True)`` overwrites the features it returns)."""
+        f = self.features(x)
+        return self.head[0](f) if self.opts.dropout_features else f
+
+    def _classify(self, f: torch.Tensor) -> torch.Tensor:
+        """Logits of training embeddings (the dropout already applied when ``dropout_features``)."""
+        return self.head[1](f) if self.opts.dropout_features else self.head(f)
+
     # ------------------------------------------------------------------ training
     def augnet_weights(self) -> dict[str, float]:
         """The weight of each term of the augmentation models' loss L_A."""
@@ -136,8 +154,8 @@ class PoseMethod(SoftmaxMethod):
         f(previous(x)), to be made small). ``f_x``: f(x) when the caller has it already
         (treated as a constant), else it is computed here."""
         x_aug = aug(x)
-        f_aug = self.features(x_aug)
-        f_x = self.features(x) if f_x is None else f_x.detach()
+        f_aug = self._embed(x_aug)
+        f_x = self._embed(x) if f_x is None else f_x.detach()
         cos = F.cosine_similarity(f_x, f_aug, dim=1, eps=1e-6).mean()
         terms = {
             "mse": torch.clamp(F.mse_loss(x_aug, x), min=self.opts.mse_lowbound),
@@ -145,12 +163,15 @@ class PoseMethod(SoftmaxMethod):
         }
         if previous is not None:
             with torch.no_grad():
-                f_pre = self.features(previous(x))
+                f_pre = self._embed(previous(x))
             terms["div"] = F.cosine_similarity(f_aug, f_pre, dim=1, eps=1e-6).mean()
         return terms
 
     def begin_epoch(self, ctx) -> None:  # noqa: ANN001
-        """A new augmentation model A_t and its optimiser for this epoch."""
+        """A new augmentation model A_t and its optimiser for this epoch (and evaluation mode
+        from epoch ``eval_after`` + 1 on, when set)."""
+        if self.opts.eval_after and ctx.epoch >= self.opts.eval_after:
+            self.train_mode(False)
         if self.opts.variant == "base":
             return
         aug = self._new_augnet()
@@ -170,7 +191,7 @@ class PoseMethod(SoftmaxMethod):
         # would be the same numbers (issue 17: one backbone forward fewer per step)
         for m in net:
             _set_grad(m, True)
-        f_in = self.features(x)
+        f_in = self._embed(x)
         # ---- 1. the augmentation model, network frozen
         for m in net:
             _set_grad(m, False)
@@ -179,6 +200,8 @@ class PoseMethod(SoftmaxMethod):
         diversity = self.opts.variant == "full"
         previous = earlier[int(torch.randint(len(earlier), ()).item())] if diversity and earlier else None
         terms = self.augnet_terms(aug, x, previous, f_x=f_in)
+        if ctx.epoch + 1 < self.opts.close_from:
+            del terms["close_known"]
         losses.update({f"loss_{k}": v.item() for k, v in terms.items()})
         loss_a = sum(self.augnet_weights()[k] * v for k, v in terms.items())
         loss_a.backward()
@@ -189,18 +212,18 @@ class PoseMethod(SoftmaxMethod):
             _set_grad(m, True)
         _set_grad(aug, False)
         opt.zero_grad(set_to_none=True)
-        loss_cls = self.classification_loss(self.head(f_in), y)
+        loss_cls = self.classification_loss(self._classify(f_in), y)
         with torch.no_grad():
             x_aug = aug(x)
         y_aug = y + self.n_train
-        loss_tri = self.triplet(torch.cat([f_in, self.features(x_aug)]), torch.cat([y, y_aug]))
+        loss_tri = self.triplet(torch.cat([f_in, self._embed(x_aug)]), torch.cat([y, y_aug]))
         loss = loss_cls + loss_tri
         losses.update({"loss_cls": loss_cls.item(), "loss_metric": loss_tri.item()})
         if earlier:
             j = int(torch.randint(len(earlier), ()).item())
             with torch.no_grad():
                 x_pre = earlier[j](x)
-            loss_pre = self.triplet(torch.cat([f_in, self.features(x_pre)]), torch.cat([y, y_aug]))
+            loss_pre = self.triplet(torch.cat([f_in, self._embed(x_pre)]), torch.cat([y, y_aug]))
             losses["loss_metric_pre"] = loss_pre.item()
             loss = loss + loss_pre
         loss.backward()

@@ -9,7 +9,10 @@ buffers, fitted once on the training images' evaluation patches before training
 - ``dct``: the orthonormal 2-D DCT-II per image and channel (POSE's input). POSE applies
   ``torch_dct.dct_2d`` without a norm; that differs from the orthonormal transform only by
   a fixed positive factor per coefficient (sqrt(2H)*sqrt(2W), times sqrt(2) on the first
-  row and column), a scale the first BatchNorm absorbs; the orthonormal one keeps values O(1).
+  row and column); the first BatchNorm absorbs the common factor, not the sqrt(2) on the
+  first row and column. The orthonormal one keeps values O(1).
+- ``dct_unnorm``: the DCT with ``torch_dct.dct_2d``'s default scaling (norm=None, as
+  ``scipy.fft.dctn(type=2)``), exactly the official POSE input, for comparisons.
 - ``logdct``: log(|DCT| + eps), standardised per coefficient with the mean and standard
   deviation over the training set (Frank et al., ICML 2020, "DCT-CNN"); eps = 1e-6, a
   floor above floating-point noise, so that coefficients that are exactly zero (flat
@@ -72,6 +75,25 @@ class DCT(InputTransform):
         from osma.images import dct2
 
         return dct2(pixels)
+
+
+@register_input("dct_unnorm")
+class DCTUnnormalised(InputTransform):
+    """Unnormalised 2-D DCT-II (``torch_dct.dct_2d(x)``, ``scipy.fft.dctn(x, type=2)``):
+    the orthonormal DCT times sqrt(2N) per axis of length N, times a further sqrt(2) at frequency 0."""
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        from osma.images import dct2
+
+        h, w = pixels.shape[-2:]
+        return dct2(pixels) * (_unnorm_factors(h, pixels)[:, None] * _unnorm_factors(w, pixels)[None, :])
+
+
+def _unnorm_factors(n: int, like: torch.Tensor) -> torch.Tensor:
+    f = torch.full((n,), (2.0 * n) ** 0.5, dtype=like.dtype if like.is_floating_point() else torch.float32,
+                   device=like.device)
+    f[0] *= 2.0 ** 0.5
+    return f
 
 
 @register_input("logdct")
