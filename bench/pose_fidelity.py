@@ -160,6 +160,11 @@ def collect(source: Path) -> list[dict]:
                      "acc": round(100 * rep["closed_set"]["accuracy"], 4),
                      **{f"auroc_{g}": round(100 * o[g]["auroc"], 4) for g in ("seed", "arch", "dataset", "all")},
                      "oscr_all": round(100 * o["all"]["oscr"], 4)})
+        log = source / "runs" / f.parent.parent.name / f.parent.name / "train_log.jsonl"
+        if log.is_file():  # the last epoch's mean losses: did the classifier fit, and the triplet loss?
+            lines = log.read_text(encoding="utf-8").splitlines()
+            last = json.loads(lines[-1]) if lines else {}
+            rows[-1].update(final_loss_cls=last.get("loss_cls"), final_loss_metric=last.get("loss_metric"))
     return rows
 
 
@@ -198,6 +203,15 @@ def table(rows: list[dict], splits: list[str]) -> str:
                       if c == config and sp in splits and (base, sp, s) in runs])
         if len(d) > 1:
             lines.append(f"| {config} | {base} | {len(d)} | {d.mean():+.1f} | {d.std(ddof=1) / np.sqrt(len(d)):.1f} |")
+    logged = {c: [r for r in rows if r["config"] == c and r.get("final_loss_cls") is not None] for c in order}
+    if any(logged.values()):
+        lines += ["", "Last epoch's mean losses (runs whose training log is kept): classification (median, min-max), "
+                  "triplet on known + augmented embeddings (median)", "",
+                  "| config | runs | loss_cls median | loss_cls min-max | loss_metric median |", "|---|---|---|---|---|"]
+        for c, rs in logged.items():
+            if rs:
+                v, t = [r["final_loss_cls"] for r in rs], [r["final_loss_metric"] for r in rs]
+                lines.append(f"| {c} | {len(v)} | {np.median(v):.4f} | {min(v):.4f}-{max(v):.4f} | {np.median(t):.4f} |")
     return "\n".join(lines)
 
 
