@@ -17,10 +17,19 @@ Hyper-parameters are the official ones (``configs/progressive.py``): Adam, lr 1e
 network, 1e-2 for the augmentation models, StepLR(500 iterations, 0.9), w_close 1e-2,
 known_sim 0.95, w_div 1e-4, 8 images per class per batch, DCT input.
 
-Differences from the official code, on purpose: the similarity term is used from the first
-epoch (the paper's objective; the code only adds it once an earlier model exists), and the
-network is trained in train mode every epoch (the code leaves it in eval mode after the
-first epoch's evaluation, which freezes BatchNorm statistics and disables dropout).
+As in the official code, whose head's dropout is in-place, the embeddings the triplet
+losses and L_A's similarity term see in training have passed through that dropout
+(``dropout_features``; without it POSE at 128 px lost 15 AUROC points, issue 18).
+
+Differences from the official code, each an option measured in docs/results.md ("POSE at
+its own input size"), off by default because they add nothing measurable: the similarity
+term is used from the first epoch (the paper's objective; the code only adds it once an
+earlier model exists: ``close_from=2``), the network is trained in train mode every epoch
+with precise-BN afterwards (the code leaves it in eval mode after the first epoch's
+evaluation, which freezes BatchNorm statistics and disables dropout: ``eval_after=1`` with
+``precise_bn=false``), and the DCT is orthonormal (``input=dct_unnorm`` is the code's).
+One dropout mask serves both steps of a batch (f(x) is computed once), where the code
+draws one per forward pass.
 
 Score: ``msp``, the maximum softmax probability of the classifier head, as POSE evaluates
 (its ``metric_ood`` / OSCR use ``max(softmax(logits))``); any score of :mod:`osma.scores` applies.
@@ -188,7 +197,8 @@ class PoseMethod(SoftmaxMethod):
         losses: dict[str, float] = {}
         # f(x) once, with its graph, for both steps: only A_t changes between them, and in
         # train mode BatchNorm normalises with the batch's own statistics, so step 2's f(x)
-        # would be the same numbers (issue 17: one backbone forward fewer per step)
+        # would be the same numbers (issue 17: one backbone forward fewer per step; with
+        # dropout_features both steps see one dropout mask)
         for m in net:
             _set_grad(m, True)
         f_in = self._embed(x)
