@@ -38,6 +38,9 @@ import yaml
 #: of that bench name re-scored with the entry's ``score``, e.g. OpenMax on the softmax run).
 METHODS: dict[str, tuple[str, dict]] = {
     "softmax": ("softmax", {}),
+    # the softmax classifier trained as long as PROSER (its 6 epochs start from softmax's 6):
+    # run with --method-epochs softmax-12ep=12 (issue 13's confound)
+    "softmax-12ep": ("softmax", {}),
     "pose-base": ("pose", {"variant": "base"}),
     "pose-am": ("pose", {"variant": "am"}),
     "pose": ("pose", {}),
