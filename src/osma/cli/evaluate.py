@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from osma.cli.data import (KNOWN, SPLIT_SEED, TEST_FRACTION, UNKNOWN_ARCH, UNKNOWN_DATASET, UNKNOWN_SEED, VAL_FRACTION,
-                           folder_options)
+from osma.cli.data import (KNOWN, SPLIT_SEED, TEST_FRACTION, UNKNOWN_ARCH, UNKNOWN_DATASET, UNKNOWN_SEED, UNSEEN_REAL,
+                           VAL_FRACTION, folder_options)
 
 
 def evaluate(
@@ -37,6 +37,7 @@ def evaluate(
     val_fraction: Optional[float] = VAL_FRACTION,
     test_fraction: Optional[float] = TEST_FRACTION,
     split_seed: Optional[int] = SPLIT_SEED,
+    unseen_real: Optional[list[str]] = UNSEEN_REAL,
     crops: Optional[int] = typer.Option(None, "--crops", min=1, help="Crops per image (see `osma attribute --help`; default: the bundle's, else 1)."),
     agg: Optional[str] = typer.Option(None, "--agg", help="Aggregation of the crops: mean, mean_score, vote or max (default: the bundle's, else mean)."),
 ) -> None:
@@ -63,7 +64,7 @@ def evaluate(
 
         set_inference(attributor, crops, agg)
         sp = _open_split(attributor, data, split, root, folder_options(
-            known, unknown_seed, unknown_arch, unknown_dataset, val_fraction, test_fraction, split_seed))
+            known, unknown_seed, unknown_arch, unknown_dataset, val_fraction, test_fraction, split_seed, unseen_real))
         kw = dict(batch_size=batch_size, tpr=tpr, plots=plots, seed=seed, progress=True)
         if engine not in ("local", "ray"):
             raise ValueError(f"--engine {engine!r}: use local or ray")
