@@ -174,8 +174,9 @@ def summarize(reports: dict[str, list[dict]], columns: list | None = None) -> di
 
 def to_markdown(table: dict, splits: list[str], columns: list | None = None, label: str = "method") -> str:
     """The summary as a markdown table; fractions shown in %, mean ± std over splits."""
-    columns = [c for c in columns or COLUMNS
-               if c[0] not in OPTIONAL_COLUMNS or any(row.get(c[0], {}).get("mean") is not None for row in table.values())]
+    columns = [c for c in columns or COLUMNS  # an optional column only when some row has a value
+               if c[0] not in OPTIONAL_COLUMNS
+               or any(row.get(c[0], {}).get("mean") is not None for row in table.values())]
     head = f"| {label} | " + " | ".join(h for h, _, _ in columns) + " |"
     lines = [f"Mean ± std over {len(splits)} split(s) ({', '.join(splits)}); metrics in %.", "",
              head, "|---|" + "---:|" * len(columns)]

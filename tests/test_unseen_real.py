@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from osma import evaluation, images
 from osma.cli import app
-from osma.data import DataFormatError, Sample, load_folder, load_split, open_folder, split_hash, write_benchmark
+from osma.data import (DataFormatError, Sample, load_folder, load_split, open_data, open_folder, split_hash,
+                       write_benchmark)
 from osma.images import ImageError
 from osma.methods.base import Attributor, Prediction
 
@@ -73,6 +74,9 @@ def test_rule_on_a_hand_made_list(tmp_path: Path) -> None:
     # no unseen collection: empty list
     rows["test"] = rows["test"][:2] + [(f"{d}/fake/new/1.png", "g")]
     assert load_split(_tiny_pose(tmp_path / "b", rows), "split1").unseen_real == []
+    # the folder option does not apply to a data_list.yaml
+    with pytest.raises(ValueError, match=r"\(unseen_real\) apply to a folder"):
+        open_data(tmp_path / "b" / "data_list.yaml", "split1", unseen_real=["new"])
 
 
 # ---------------------------------------------------------------- folder trees: --unseen-real
@@ -308,6 +312,7 @@ def test_train_and_evaluate_folder_with_unseen_real(micro_zoo: Path, tmp_path: P
     res = runner.invoke(app, ["evaluate", str(run), "--data", str(root), "--out", str(tmp_path / "ev"), "--no-plots",
                               "--device", "cpu"])
     assert res.exit_code == 0, res.output
+    assert "unseen real (n=6, tau" in res.output
     ur = json.loads((tmp_path / "ev" / "report.json").read_text())["unseen_real"]
     att = load_attributor(find_bundle(run), "cpu")
     p = att.predict_arrays([load_image(str(q)) for q in sorted((root / "photos").glob("*.png"))])

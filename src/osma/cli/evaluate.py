@@ -126,6 +126,10 @@ def _print_report(report: dict) -> None:
         m = report["fang_model_tau"]
         typer.echo(f"tau {m['tau']:.4g} (stored in the model): aF1 {_pct(m['af1'])}%  CRR {_pct(m['crr'])}%  "
                    f"known accepted {_pct(m['known_acceptance'])}%")
+    if report.get("unseen_real"):
+        u = report["unseen_real"]
+        typer.echo(f"unseen real (n={u['n']}, tau {u['tau']:.4g} {u['tau_source']}): accepted {_pct(u['acceptance'])}%  "
+                   f"as real {_pct(u['as_real'])}%  (seen real accepted {_pct(u['seen_real_acceptance'])}%)")
     if report["failed"]:
         typer.echo(f"{len(report['failed'])} unreadable image(s) skipped (listed in report.json)", err=True)
 
