@@ -74,9 +74,15 @@ COLUMNS: list[tuple[str, tuple[str, ...], bool]] = [
     ("aF1", ("fang", "af1"), True),
     ("CRR", ("fang", "crr"), True),
     ("aF1-CRR AUC", ("fang", "af1_crr_auc"), True),
+    ("UR accept", ("unseen_real", "acceptance"), True),
+    ("UR as real", ("unseen_real", "as_real"), True),
     ("s/epoch", ("bench", "seconds_per_epoch"), False),
     ("img/s", ("timing", "images_per_second"), False),
 ]
+
+
+#: columns shown only when some report has them (a split with unseen real test images)
+OPTIONAL_COLUMNS: frozenset[str] = frozenset({"UR accept", "UR as real"})
 
 
 def _get(d: dict, path: tuple[str, ...]) -> float | None:
@@ -171,7 +177,9 @@ def summarize(reports: dict[str, list[dict]], columns: list | None = None) -> di
 
 def to_markdown(table: dict, splits: list[str], columns: list | None = None, label: str = "method") -> str:
     """The summary as a markdown table; fractions shown in %, mean ± std over splits."""
-    columns = columns or COLUMNS
+    columns = [c for c in columns or COLUMNS  # an optional column only when some row has a value
+               if c[0] not in OPTIONAL_COLUMNS
+               or any(row.get(c[0], {}).get("mean") is not None for row in table.values())]
     head = f"| {label} | " + " | ".join(h for h, _, _ in columns) + " |"
     lines = [f"Mean ± std over {len(splits)} split(s) ({', '.join(splits)}); metrics in %.", "",
              head, "|---|" + "---:|" * len(columns)]

@@ -33,6 +33,9 @@ from osma.images.decode import IMAGE_EXTENSIONS  # image file extensions read by
 #: unknown groups in the public format, in the order of ``unknown_classes1/2/3``
 UNKNOWN_GROUPS: tuple[str, ...] = ("seed", "arch", "dataset")
 
+#: the class name of real (camera) images; its test images may be "unseen real" (:attr:`Split.unseen_real`)
+REAL = "real"
+
 #: keys every split of a ``data_list.yaml`` must have
 SPLIT_KEYS: tuple[str, ...] = (
     "data_path", "known_classes", "unknown_classes1", "unknown_classes2", "unknown_classes3",
@@ -87,6 +90,13 @@ class Split:
     #: how a folder split was made (:func:`load_folder`): its parameters and the hash of the
     #: assignment (:func:`split_hash`); recorded in a model bundle. None for a data_list.yaml.
     recipe: dict | None = None
+    #: the known test samples labelled ``real`` that come from a collection no training or
+    #: validation image comes from ("unseen real", e.g. POSE's CoCo and summer photos): a
+    #: subset of :attr:`test` (the same Sample objects, in test order), empty when there are
+    #: none. A data_list.yaml derives it (:func:`unseen_real_samples`); a folder split takes
+    #: the sources named ``unseen_real`` (:func:`load_folder`). Evaluation reports them apart
+    #: (``report["unseen_real"]``): rejecting real photos never seen as "unknown" is a false accusation.
+    unseen_real: list[Sample] = field(default_factory=list)
 
     @property
     def unknown_all(self) -> list[str]:
@@ -505,7 +515,21 @@ def _build_split(
     test_out = {g: _samples(root_s, group_pairs[g] or []) for g in UNKNOWN_GROUPS}
     return Split(name=name, root=root, known_classes=list(known),
                  unknown_classes={g: list(unknown[g]) for g in UNKNOWN_GROUPS},
-                 train=lists["train"], val=lists["val"], test=lists["test"], test_out=test_out, files=used)
+                 train=lists["train"], val=lists["val"], test=lists["test"], test_out=test_out, files=used,
+                 unseen_real=unseen_real_samples(lists["train"], lists["val"], lists["test"]))
+
+
+def unseen_real_samples(train: Sequence[Sample], val: Sequence[Sample], test: Sequence[Sample]) -> list[Sample]:
+    """The ``real`` test samples whose collection (parent directory) holds no ``real``
+    training or validation sample, in test order.
+
+    On POSE's split1 lists these are the 500 ``OSMA/real/CoCo`` and ``OSMA/real/summer``
+    photos (of 994 real test images); the zoo puts its unseen real photos under a directory
+    of their own (``images/real_unseen/<collection>/``), so the same rule finds them. Paths
+    are compared as resolved (lexically, against the same root), so no file is read.
+    """
+    seen = {s.path.parent for part in (train, val) for s in part if s.label == REAL}
+    return [s for s in test if s.label == REAL and s.path.parent not in seen]
 
 
 def split_names(data_list: str | Path) -> list[str]:
@@ -522,6 +546,7 @@ def load_split(
     Image paths resolve against ``root`` (default: :func:`default_root`). Annotation files
     are looked up robustly (see :func:`_locate`). Unknown test lists come from the per-group
     files when present, else from ``*_test_out.txt`` split by the concatenated class list.
+    ``Split.unseen_real`` is derived by :func:`unseen_real_samples`.
     Raises :class:`DataFormatError` (file and line) on malformed lines or out-of-range
     labels, :class:`FileNotFoundError` for an absent list, and, with ``check_images``, for
     missing image files (count and the first few).
@@ -568,6 +593,7 @@ def load_folder(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     seed: int = 0,
+    unseen_real: Sequence[str] = (),
 ) -> Split:
     """Read a folder tree ``ROOT/<source>/**/<image>`` as a split named ``folder``.
 
@@ -575,23 +601,30 @@ def load_folder(
     test (``round(n * test_fraction)``, at least 1 when n >= 2), val (``round(n * val_fraction)``,
     at least 1 when n >= 3) and train (the rest). Every image of an unknown source goes to
     ``test_out[group]``; groups are free-form names (``seed``, ``arch``, ``dataset`` are
-    always present, possibly empty). Extensions: png jpg jpeg webp bmp tif tiff.
+    always present, possibly empty). Every image of an ``unseen_real`` source is a test
+    image labelled ``real`` (``real`` must be a known source), appended to ``test`` after
+    the known sources' and listed in ``Split.unseen_real``; it is never in train or val.
+    Extensions: png jpg jpeg webp bmp tif tiff.
     """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
     base = Path(root).resolve()
     present = set(folder_sources(base))
     unknown = {g: list(v) for g, v in (unknown or {}).items()}
-    named = list(known) + [c for v in unknown.values() for c in v]
+    unseen = list(unseen_real or ())
+    named = list(known) + [c for v in unknown.values() for c in v] + unseen
     dup = [c for c, k in Counter(named).items() if k > 1]
     if dup:
-        raise DataFormatError(f"{base}: sources named more than once: {', '.join(dup)}")
+        raise DataFormatError(f"{base}: sources named more than once (known, unknown or unseen real): {', '.join(dup)}")
     absent = [c for c in named if c not in present]
     if absent:
         raise DataFormatError(f"{base}: no source folder for {', '.join(absent)} "
                               f"(found: {', '.join(sorted(present)) or 'none'})")
     if not known:
         raise DataFormatError(f"{base}: no known sources chosen")
+    if unseen and REAL not in known:
+        raise DataFormatError(f"{base}: unseen real source(s) {', '.join(unseen)} are labelled {REAL!r}, "
+                              f"which is not a known source (known: {', '.join(known)})")
     rng = np.random.default_rng(seed)
     lists: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     for cls in known:
@@ -603,12 +636,16 @@ def load_folder(
         lists["test"] += [Sample(p, cls) for p in paths[:n_test]]
         lists["val"] += [Sample(p, cls) for p in paths[n_test:n_test + n_val]]
         lists["train"] += [Sample(p, cls) for p in paths[n_test + n_val:]]
+    ur = [Sample(p, REAL) for c in unseen for p in _images_under(base / c)]
+    lists["test"] += ur  # after the known sources: a split without unseen real keeps its order and hash
     groups = {g: [] for g in UNKNOWN_GROUPS} | unknown
     test_out = {g: [Sample(p, c) for c in v for p in _images_under(base / c)] for g, v in groups.items()}
     sp = Split(name="folder", root=base, known_classes=list(known), unknown_classes=groups,
-               train=lists["train"], val=lists["val"], test=lists["test"], test_out=test_out)
+               train=lists["train"], val=lists["val"], test=lists["test"], test_out=test_out, unseen_real=ur)
     sp.recipe = {"root": str(base), "known": list(known), "unknown": {g: list(v) for g, v in unknown.items() if v},
                  "val_fraction": float(val_fraction), "test_fraction": float(test_fraction), "seed": int(seed),
+                 # recorded only when given, so the recipes (and bundles) of other splits are unchanged
+                 **({"unseen_real": unseen} if unseen else {}),
                  "hash": split_hash(sp), "counts": {k: len(v) for k, v in sp.lists().items()}}
     return sp
 
@@ -626,15 +663,16 @@ def split_hash(split: Split) -> str:
 
 
 #: the parameters of a folder split (:func:`load_folder`), as recorded in ``Split.recipe``
-FOLDER_PARAMS: tuple[str, ...] = ("known", "unknown", "val_fraction", "test_fraction", "seed")
-_FOLDER_DEFAULTS: dict[str, object] = {"known": None, "unknown": {}, "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0}
+FOLDER_PARAMS: tuple[str, ...] = ("known", "unknown", "val_fraction", "test_fraction", "seed", "unseen_real")
+_FOLDER_DEFAULTS: dict[str, object] = {"known": None, "unknown": {}, "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0,
+                                       "unseen_real": []}
 
 
 def open_folder(root: str | Path, recorded: Mapping | None = None, **given: object) -> Split:
     """A folder split from the options ``given`` (``known``, ``unknown``, ``val_fraction``,
-    ``test_fraction``, ``seed``; None or empty = not given) over those ``recorded`` in a
-    model bundle (``TrainingRecord.folder``), over the defaults of :func:`load_folder`
-    (``known``: every source not named unknown).
+    ``test_fraction``, ``seed``, ``unseen_real``; None or empty = not given) over those
+    ``recorded`` in a model bundle (``TrainingRecord.folder``), over the defaults of
+    :func:`load_folder` (``known``: every source not named unknown or unseen real).
 
     When the parameters are the recorded ones, the folder must still give the recorded split
     (same :func:`split_hash`); otherwise a :class:`DataFormatError` says what changed.
@@ -647,13 +685,15 @@ def open_folder(root: str | Path, recorded: Mapping | None = None, **given: obje
         params.update({k: recorded[k] for k in FOLDER_PARAMS if k in recorded})
     params.update({k: v for k, v in given.items() if v is not None and v != [] and v != {}})
     unknown = {str(g): list(v) for g, v in (params["unknown"] or {}).items() if v}
-    named = {c for v in unknown.values() for c in v}
+    unseen = [str(c) for c in params["unseen_real"] or []]  # type: ignore[union-attr]
+    named = {c for v in unknown.values() for c in v} | set(unseen)
     known = list(params["known"] or [s for s in folder_sources(root) if s not in named])
     sp = load_folder(root, known, unknown, val_fraction=float(params["val_fraction"]),  # type: ignore[arg-type]
-                     test_fraction=float(params["test_fraction"]), seed=int(params["seed"]))  # type: ignore[arg-type]
+                     test_fraction=float(params["test_fraction"]), seed=int(params["seed"]),  # type: ignore[arg-type]
+                     unseen_real=unseen)
     if recorded and recorded.get("hash"):
-        same = all(_norm_param(k, sp.recipe[k]) == _norm_param(k, recorded.get(k, _FOLDER_DEFAULTS[k]))
-                   for k in FOLDER_PARAMS)
+        same = all(_norm_param(k, sp.recipe.get(k, _FOLDER_DEFAULTS[k]))
+                   == _norm_param(k, recorded.get(k, _FOLDER_DEFAULTS[k])) for k in FOLDER_PARAMS)
         if same and sp.recipe["hash"] != recorded["hash"]:
             was = recorded.get("counts") or {}
             now = sp.recipe["counts"]
@@ -690,6 +730,8 @@ def _norm_param(key: str, value: object) -> object:
         return {str(g): list(v) for g, v in (value or {}).items() if v}  # type: ignore[union-attr]
     if key in ("val_fraction", "test_fraction"):
         return float(value)  # type: ignore[arg-type]
+    if key == "unseen_real":
+        return list(value or [])  # type: ignore[call-overload]
     return value
 
 
@@ -862,6 +904,7 @@ def check(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     seed: int = 0,
+    unseen_real: Sequence[str] = (),
 ) -> CheckReport:
     """Validate a ``data_list.yaml`` or a folder tree and count images per class and list.
 
@@ -869,18 +912,19 @@ def check(
     file at all are named in ``absent`` and are not an error (the public release ships only
     split1's lists) unless no split has lists, or ``split`` names one of them. A split with
     only some of its lists is an error. For a folder, ``known`` defaults to every source
-    not named in ``unknown``; ``split`` must be None.
+    not named in ``unknown`` or ``unseen_real``; ``split`` must be None.
     """
     path = Path(path)
     if _is_dir(path):
         if split is not None:
             raise ValueError("--split applies to a data_list.yaml, not to a folder")
         unknown = {g: list(v) for g, v in (unknown or {}).items()}
-        named = {c for v in unknown.values() for c in v}
+        named = {c for v in unknown.values() for c in v} | set(unseen_real)
         known = list(known) if known else [s for s in folder_sources(path) if s not in named]
         rep = CheckReport(path, [], images_checked=check_images)
         try:
-            sp = load_folder(path, known, unknown, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+            sp = load_folder(path, known, unknown, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                             unseen_real=unseen_real)
         except DataFormatError as err:
             rep.problems.append(Problem("format", str(err)))
             return rep

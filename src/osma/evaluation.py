@@ -182,6 +182,30 @@ def _group_metrics(known: Outputs, correct: np.ndarray, unknown: Outputs) -> dic
     }
 
 
+def _unseen_real(split, test: Outputs, groups: dict[str, Outputs], unknown_all: Outputs,  # noqa: ANN001
+                 index: dict[str, int], tau: float, tau_source: str) -> dict:
+    """``report["unseen_real"]``: acceptance and AUROC of the unseen real test images
+    (``split.unseen_real``, found in ``test`` by path) and the acceptance of the seen ones."""
+    from osma.data import REAL
+
+    ur_paths = {str(s.path) for s in split.unseen_real}
+    is_ur = np.array([p in ur_paths for p in test.paths], dtype=bool)
+    is_real = np.array([lab == REAL for lab in test.labels], dtype=bool)
+    ur, seen = test.select(is_ur), test.select(is_real & ~is_ur)
+
+    def acceptance(o: Outputs) -> float | None:
+        return float(np.mean(accept(o.score, tau))) if len(o) else None
+
+    as_real = None
+    if len(ur):
+        as_real = float(np.mean((ur.pred == index[REAL]) & accept(ur.score, tau)))
+    unknown = {**{g: groups[g] for g in UNKNOWN_GROUPS}, "all": unknown_all}
+    auroc = {g: float(metrics.auroc(ur.score, o.score)) if len(ur) and len(o) else None for g, o in unknown.items()}
+    return {"n": int(len(ur)), "acceptance": acceptance(ur), "as_real": as_real, "tau": float(tau),
+            "tau_source": tau_source, "seen_real_acceptance": acceptance(seen), "n_seen_real": int(len(seen)),
+            "auroc": auroc}
+
+
 def _check_classes(attributor: Attributor, split) -> list[str]:  # noqa: ANN001
     known_classes = list(split.known_classes)
     if list(attributor.classes) != known_classes:
@@ -213,6 +237,8 @@ def evaluate(
     ``fang.{tau,tau_source,tpr,af1,crr,af1_crr_auc}``, ``fang_model_tau`` (with a stored
     tau), ``clustering.{nmi,purity,ari,accuracy,n_clusters,k}``,
     ``unknown_classes.<name>.{group,n,most_given,most_given_fraction,mean_score,rejected_fraction}``,
+    ``unseen_real.{n,acceptance,as_real,tau,tau_source,seen_real_acceptance,n_seen_real,auroc.<group|all>}``
+    (only when ``split.unseen_real`` is not empty: docs/evaluation.md),
     ``counts``, ``timing``, ``failed``. Metric values are fractions in [0, 1] (None when a
     group has no images). ``outputs``: the split already embedded by this network
     (:func:`embed_split`), rescored by ``attributor`` (kept as they are when ``attributor``
@@ -281,6 +307,11 @@ def evaluate(
     report["fang"] = fang
     if attributor.tau is not None and tau_source != "model":
         report["fang_model_tau"] = at_tau(float(attributor.tau), "model")
+
+    # real photos of collections never trained on: accepted (not accused of being unknown)?
+    if getattr(split, "unseen_real", None):
+        t_ur, src_ur = (float(attributor.tau), "model") if attributor.tau is not None else (tau, tau_source)
+        report["unseen_real"] = _unseen_real(split, test, groups, unknown_all, index, t_ur, src_ur)
 
     # clustering of known + unknown test embeddings at the true number of classes
     cl_labels = test.labels + unknown_all.labels

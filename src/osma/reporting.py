@@ -26,6 +26,22 @@ def _fmt(v: object, pct: bool = True) -> str:
     return str(v)
 
 
+def _unseen_real_lines(ur: dict | None) -> list[str]:
+    """The "Unseen real" section: real photos of collections never trained on (none: no lines)."""
+    if not ur:
+        return []
+    auroc = ", ".join(f"{g} {_fmt(ur['auroc'].get(g))}%" for g in GROUPS)
+    return [
+        "",
+        "## Unseen real (real photos of collections never trained on)",
+        "",
+        f"- {ur['n']} images; at tau = {_fmt(ur['tau'], pct=False)} ({ur['tau_source']}): accepted "
+        f"**{_fmt(ur['acceptance'])}%** (seen real test images: {_fmt(ur['seen_real_acceptance'])}%), "
+        f"accepted as real **{_fmt(ur['as_real'])}%**",
+        f"- AUROC, unknown test images vs unseen real only: {auroc}",
+    ]
+
+
 def render_markdown(report: dict) -> str:
     """A readable summary of :func:`evaluate`'s report (percentages, one decimal)."""
     cs, fang, cl = report["closed_set"], report["fang"], report["clustering"]
@@ -63,6 +79,7 @@ def render_markdown(report: dict) -> str:
            f"aF1 **{_fmt(report['fang_model_tau']['af1'])}%**, CRR **{_fmt(report['fang_model_tau']['crr'])}%**, "
            f"known test images accepted {_fmt(report['fang_model_tau']['known_acceptance'])}%"]
           if report.get("fang_model_tau") else []),
+        *_unseen_real_lines(report.get("unseen_real")),
         "",
         "## Clustering of known + unknown test embeddings (k-means, k = true number of classes)",
         "",

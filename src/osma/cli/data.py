@@ -22,15 +22,18 @@ UNKNOWN_DATASET = typer.Option(None, "--unknown-dataset", help="Folder --data: u
 VAL_FRACTION = typer.Option(None, "--val-fraction", min=0.0, max=1.0, help="Folder --data: share of each known source used for val (default 0.1).")
 TEST_FRACTION = typer.Option(None, "--test-fraction", min=0.0, max=1.0, help="Folder --data: share of each known source used for test (default 0.2).")
 SPLIT_SEED = typer.Option(None, "--split-seed", help="Folder --data: seed of the train/val/test division (default 0).")
+UNSEEN_REAL = typer.Option(None, "--unseen-real", help="Folder --data: a source of real photos never trained on: test images "
+                           "labelled real, reported apart as unseen real (repeatable; 'real' must be known).")
 
 
 def folder_options(known: list[str] | None, unknown_seed: list[str] | None, unknown_arch: list[str] | None,
                    unknown_dataset: list[str] | None, val_fraction: float | None, test_fraction: float | None,
-                   split_seed: int | None) -> dict:
+                   split_seed: int | None, unseen_real: list[str] | None = None) -> dict:
     """The folder split options as :func:`osma.data.open_folder` takes them (None = not given)."""
     unknown = {g: _names(v) for g, v in (("seed", unknown_seed), ("arch", unknown_arch), ("dataset", unknown_dataset))}
     return {"known": _names(known) or None, "unknown": {g: v for g, v in unknown.items() if v} or None,
-            "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": split_seed}
+            "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": split_seed,
+            "unseen_real": _names(unseen_real) or None}
 
 
 @data_app.command("split")
@@ -45,6 +48,7 @@ def split_cmd(
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of each known source used for val."),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of each known source used for test."),
     seed: int = typer.Option(0, "--seed", "--split-seed", help="Seed of the train/val/test division."),
+    unseen_real: list[str] | None = typer.Option(None, "--unseen-real", help="Sources of real photos never trained on: test images labelled real (repeatable)."),
 ) -> None:
     """Write the split of a folder tree in the public POSE format (data_list.yaml + lists).
 
@@ -57,7 +61,7 @@ def split_cmd(
         raise typer.BadParameter(f"{path}: not a folder", param_hint="PATH")
     try:
         sp = open_folder(path, **folder_options(known, unknown_seed, unknown_arch, unknown_dataset,
-                                                val_fraction, test_fraction, seed))
+                                                val_fraction, test_fraction, seed, unseen_real))
         target = write_folder_split(sp, out, name)
     except (OSError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
@@ -80,6 +84,7 @@ def check_cmd(
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Folder: share of each known source used for val."),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Folder: share of each known source used for test."),
     seed: int = typer.Option(0, "--seed", "--split-seed", help="Folder: seed of the train/val/test division."),
+    unseen_real: list[str] | None = typer.Option(None, "--unseen-real", help="Folder: sources of real photos never trained on: test images labelled real (repeatable)."),
 ) -> None:
     """Print per split a table of classes x lists with counts, then every problem found.
 
@@ -95,11 +100,12 @@ def check_cmd(
     console = Console(highlight=False, markup=False)
     unknown = {g: _names(v) for g, v in (("seed", unknown_seed), ("arch", unknown_arch), ("dataset", unknown_dataset))}
     unknown = {g: v for g, v in unknown.items() if v}
-    if not os.path.isdir(path) and (known or unknown):  # isdir: False, not OSError, for a 100 KB name
-        raise typer.BadParameter("--known / --unknown-* apply to a folder, not to a data_list.yaml")
+    if not os.path.isdir(path) and (known or unknown or unseen_real):  # isdir: False, not OSError, for a 100 KB name
+        raise typer.BadParameter("--known / --unknown-* / --unseen-real apply to a folder, not to a data_list.yaml")
     try:
         report = check(path, split, root, check_images=not no_images, known=_names(known) or None, unknown=unknown,
-                       val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+                       val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                       unseen_real=_names(unseen_real))
     except (OSError, ValueError) as err:
         # Text, not markup: a message may quote '[' from the yaml or a path
         console.print(Text.assemble(("error", "red"), f": {err}"), soft_wrap=True)

@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from osma.cli.data import (KNOWN, SPLIT_SEED, TEST_FRACTION, UNKNOWN_ARCH, UNKNOWN_DATASET, UNKNOWN_SEED, VAL_FRACTION,
-                           folder_options)
+from osma.cli.data import (KNOWN, SPLIT_SEED, TEST_FRACTION, UNKNOWN_ARCH, UNKNOWN_DATASET, UNKNOWN_SEED, UNSEEN_REAL,
+                           VAL_FRACTION, folder_options)
 
 
 def evaluate(
@@ -37,6 +37,7 @@ def evaluate(
     val_fraction: Optional[float] = VAL_FRACTION,
     test_fraction: Optional[float] = TEST_FRACTION,
     split_seed: Optional[int] = SPLIT_SEED,
+    unseen_real: Optional[list[str]] = UNSEEN_REAL,
     crops: Optional[int] = typer.Option(None, "--crops", min=1, help="Crops per image (see `osma attribute --help`; default: the bundle's, else 1)."),
     agg: Optional[str] = typer.Option(None, "--agg", help="Aggregation of the crops: mean, mean_score, vote or max (default: the bundle's, else mean)."),
 ) -> None:
@@ -63,7 +64,7 @@ def evaluate(
 
         set_inference(attributor, crops, agg)
         sp = _open_split(attributor, data, split, root, folder_options(
-            known, unknown_seed, unknown_arch, unknown_dataset, val_fraction, test_fraction, split_seed))
+            known, unknown_seed, unknown_arch, unknown_dataset, val_fraction, test_fraction, split_seed, unseen_real))
         kw = dict(batch_size=batch_size, tpr=tpr, plots=plots, seed=seed, progress=True)
         if engine not in ("local", "ray"):
             raise ValueError(f"--engine {engine!r}: use local or ray")
@@ -125,6 +126,10 @@ def _print_report(report: dict) -> None:
         m = report["fang_model_tau"]
         typer.echo(f"tau {m['tau']:.4g} (stored in the model): aF1 {_pct(m['af1'])}%  CRR {_pct(m['crr'])}%  "
                    f"known accepted {_pct(m['known_acceptance'])}%")
+    if report.get("unseen_real"):
+        u = report["unseen_real"]
+        typer.echo(f"unseen real (n={u['n']}, tau {u['tau']:.4g} {u['tau_source']}): accepted {_pct(u['acceptance'])}%  "
+                   f"as real {_pct(u['as_real'])}%  (seen real accepted {_pct(u['seen_real_acceptance'])}%)")
     if report["failed"]:
         typer.echo(f"{len(report['failed'])} unreadable image(s) skipped (listed in report.json)", err=True)
 

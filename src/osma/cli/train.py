@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from osma.cli.data import (KNOWN, SPLIT_SEED, TEST_FRACTION, UNKNOWN_ARCH, UNKNOWN_DATASET, UNKNOWN_SEED, VAL_FRACTION,
-                           folder_options)
+from osma.cli.data import (KNOWN, SPLIT_SEED, TEST_FRACTION, UNKNOWN_ARCH, UNKNOWN_DATASET, UNKNOWN_SEED, UNSEEN_REAL,
+                           VAL_FRACTION, folder_options)
 
 
 def _options_table(title: str, rows: list[tuple[str, str, str, str]]) -> None:
@@ -73,6 +73,7 @@ def train_cmd(
     val_fraction: Optional[float] = VAL_FRACTION,
     test_fraction: Optional[float] = TEST_FRACTION,
     split_seed: Optional[int] = SPLIT_SEED,
+    unseen_real: Optional[list[str]] = UNSEEN_REAL,
 ) -> None:
     """Train an attribution method on a benchmark split; writes a model bundle into OUT.
 
@@ -107,7 +108,7 @@ def train_cmd(
             seed=options.pop("seed", 0), resume=resume, batch_size=batch_size,
             progress=not quiet, root=root, score=sname,
             folder=folder_options(known, unknown_seed, unknown_arch, unknown_dataset, val_fraction, test_fraction,
-                                  split_seed), **{f"score.{k}": v for k, v in sopts.items()}, **options,
+                                  split_seed, unseen_real), **{f"score.{k}": v for k, v in sopts.items()}, **options,
         )
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -13,8 +13,8 @@ from typing import Any, Optional
 
 import typer
 
-from osma.cli.data import (KNOWN, SPLIT_SEED, TEST_FRACTION, UNKNOWN_ARCH, UNKNOWN_DATASET, UNKNOWN_SEED, VAL_FRACTION,
-                           folder_options)
+from osma.cli.data import (KNOWN, SPLIT_SEED, TEST_FRACTION, UNKNOWN_ARCH, UNKNOWN_DATASET, UNKNOWN_SEED, UNSEEN_REAL,
+                           VAL_FRACTION, folder_options)
 
 FORMATS = ("table", "jsonl", "csv")
 
@@ -377,6 +377,7 @@ def calibrate(
     val_fraction: Optional[float] = VAL_FRACTION,
     test_fraction: Optional[float] = TEST_FRACTION,
     split_seed: Optional[int] = SPLIT_SEED,
+    unseen_real: Optional[list[str]] = UNSEEN_REAL,
     crops: Optional[int] = CROPS,
     agg: Optional[str] = AGG,
 ) -> None:
@@ -392,7 +393,7 @@ def calibrate(
     m = _load_model(model, device, crops, agg)
     try:
         sp = _open_split(m.attributor, data, split, root, folder_options(
-            known, unknown_seed, unknown_arch, unknown_dataset, val_fraction, test_fraction, split_seed))
+            known, unknown_seed, unknown_arch, unknown_dataset, val_fraction, test_fraction, split_seed, unseen_real))
     except (FileNotFoundError, ValueError, KeyError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

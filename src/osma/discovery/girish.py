@@ -217,7 +217,7 @@ def _retrain(att: Any, prev_bundle: Path | None, sp: Any, data: str, found: dict
     classes = list(sp.known_classes) + list(found)
     extra = [Sample(Path(p), name) for name, paths in found.items() for p in paths]
     split = dataclasses.replace(sp, known_classes=classes, train=list(sp.train) + extra, val=[], test=[],
-                                test_out={g: [] for g in sp.test_out})
+                                test_out={g: [] for g in sp.test_out}, unseen_real=[])
     cfg = _model_config(att)
     cfg.update(seed=o.seed, init_from=str(prev_bundle) if (o.warm_start and prev_bundle) else None)
     if o.epochs is not None:
