@@ -19,6 +19,7 @@ from osma.zoo import generators as G
 from osma.zoo.sources import PYPI_DATASETS, REAL_FRACTION, sample_patches
 
 MICRO = PRESETS["micro"]
+N_UNSEEN_REAL = MICRO.n_test  # shared among the collections that hold photos out
 
 
 def _digest(root: Path, pattern: str) -> dict[str, str]:
@@ -45,7 +46,10 @@ def test_micro_round_trips_through_load_split(micro: Path) -> None:
         assert sorted(split.known_classes[1:] + split.unknown_all) == sorted(gens)
         for part, n in counts.items():
             labels = [s.label for s in getattr(split, part)]
-            assert {c: labels.count(c) for c in set(labels)} == {c: n for c in split.known_classes}
+            extra = {"real": N_UNSEEN_REAL} if part == "test" else {}  # unseen real test images
+            assert {c: labels.count(c) for c in set(labels)} == {c: n + extra.get(c, 0) for c in split.known_classes}
+        assert len(split.unseen_real) == N_UNSEEN_REAL
+        assert all("/real_unseen/" in s.path.as_posix() and s.label == "real" for s in split.unseen_real)
         for g in UNKNOWN_GROUPS:
             labels = [s.label for s in split.test_out[g]]
             assert {c: labels.count(c) for c in set(labels)} == {c: MICRO.n_test for c in split.unknown_classes[g]}
@@ -65,7 +69,8 @@ def test_micro_round_trips_through_load_split(micro: Path) -> None:
 
 def test_generators_make_different_images(micro: Path) -> None:
     root = micro.parent / "dataset" / "images"
-    means = {c.name: np.mean([np.asarray(Image.open(p), np.float64) for p in sorted(c.glob("test_*.png"))], 0) for c in root.iterdir()}
+    means = {c.name: np.mean([np.asarray(Image.open(p), np.float64) for p in sorted(c.glob("**/test_*.png"))], 0)
+             for c in root.iterdir()}
     names = sorted(means)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
@@ -82,7 +87,7 @@ def test_real_class_is_real_photo_patches(micro: Path) -> None:
 def test_rebuild_is_byte_identical_and_resume_skips_work(micro: Path, tmp_path: Path) -> None:
     root = micro.parent
     stamps = {p: p.stat().st_mtime_ns for p in root.glob("generators/*/manifest.json")}
-    pngs = {p: p.stat().st_mtime_ns for p in root.glob("dataset/images/*/*.png")}
+    pngs = {p: p.stat().st_mtime_ns for p in root.glob("dataset/images/**/*.png")}
     build("micro", root, seed=0, device="cpu", progress=False)  # resume: nothing to do
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert {p: p.stat().st_mtime_ns for p in pngs} == pngs
@@ -108,7 +113,8 @@ def test_rebuild_is_byte_identical_and_resume_skips_work(micro: Path, tmp_path: 
     # a fresh build in another directory gives byte-identical images and weights
     other = tmp_path / "again"
     build("micro", other, seed=0, device="cpu", progress=False)
-    for pattern in ("dataset/images/*/*.png", "generators/*/model.safetensors", "generators/*/sheet.png", "dataset/*/annotations/*.txt"):
+    for pattern in ("dataset/images/**/*.png", "generators/*/model.safetensors", "generators/*/sheet.png",
+                    "dataset/*/annotations/*.txt", "dataset/real_images.csv"):
         assert _digest(root, pattern) == _digest(other, pattern), pattern
     assert (root / "data_list.yaml").read_bytes() == (other / "data_list.yaml").read_bytes()
 
@@ -165,6 +171,72 @@ def test_patches_are_crops_of_downscaled_photos_from_disjoint_bands() -> None:
     split_photo[:, int(512 * (1 - REAL_FRACTION)) :] = 255
     assert sample_patches([split_photo], 50, 32, np.random.default_rng(2), "train").max() < 255
     assert sample_patches([split_photo], 50, 32, np.random.default_rng(2), "real").min() > 0
+
+
+def test_real_images_come_through_recorded_pipelines() -> None:
+    """``real_patches``: every pipeline of REAL_PIPELINES is drawn about by its share, JPEG
+    about REAL_JPEG_SHARE of the time, each image's draw recorded; a native crop without JPEG
+    is an exact crop of the photo's real band, and a resampled one is a crop of the photo
+    resized with that filter and factor."""
+    from osma.zoo.sources import REAL_JPEG_SHARE, REAL_PIPELINES, _band, real_patches
+
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)
+    rp = real_patches([("p", photo)], 600, 32, np.random.default_rng(1), "real")
+    assert rp.images.shape == (600, 32, 32, 3) and len(rp.records) == 600
+    drawn = [r["pipeline"] for r in rp.records]
+    for name, share in REAL_PIPELINES:
+        assert abs(drawn.count(name) / 600 - share) < 0.06, (name, drawn.count(name))
+    assert abs(np.mean([r["jpeg"] is not None for r in rp.records]) - REAL_JPEG_SHARE) < 0.06
+    band = _band(photo, "real")
+
+    def is_crop_of(patch: np.ndarray, img: np.ndarray) -> bool:
+        ys, xs = np.nonzero((img[: img.shape[0] - 31, : img.shape[1] - 31] == patch[0, 0]).all(-1))
+        return any(np.array_equal(img[y:y + 32, x:x + 32], patch) for y, x in zip(ys, xs))
+
+    checked = 0
+    for img, r in zip(rp.images, rp.records):
+        if r["jpeg"] is None and checked < 12:
+            if r["pipeline"] == "native":
+                ref = band
+            else:
+                h, w = band.shape[:2]
+                filt = {"box": Image.BOX, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
+                ref = np.asarray(Image.fromarray(band).resize((int(w * r["factor"]), int(h * r["factor"])),
+                                                            filt[r["pipeline"]]))
+            assert is_crop_of(img, ref), r
+            checked += 1
+    assert checked == 12
+    # the whole photo (held-out photos) vs its band; a bad band is an error
+    whole = real_patches([("p", photo)], 50, 32, np.random.default_rng(1), None)
+    assert whole.images.shape == (50, 32, 32, 3)
+    with pytest.raises(ValueError, match="band"):
+        real_patches([("p", photo)], 1, 32, np.random.default_rng(1), "train")
+
+
+def test_unseen_real_photos_are_never_seen(micro: Path) -> None:
+    """Held-out photos (every 4th of each collection) feed neither a generator nor the seen
+    real class, and are the only source of the unseen real images; every real image's
+    pipeline is recorded in dataset/real_images.csv."""
+    import csv
+
+    from osma.zoo.builder import _photos_part
+    from osma.zoo.sources import holdout
+
+    rows = list(csv.DictReader(open(micro.parent / "dataset" / "real_images.csv", encoding="utf-8")))
+    seen, unseen = [r for r in rows if r["unseen"] == "False"], [r for r in rows if r["unseen"] == "True"]
+    assert len(seen) == MICRO.n_train + MICRO.n_val + MICRO.n_test and len(unseen) == N_UNSEEN_REAL
+    held = {d: holdout(list(PYPI_DATASETS[d].photos), MICRO.unseen_real_every) for d in MICRO.datasets}
+    assert held["objects"] and held["grey"] and not held["science"]  # 8, 8 and 3 photos
+    assert all(r["photo"] not in held[r["collection"]] for r in seen)
+    assert all(r["photo"] in held[r["collection"]] for r in unseen)
+    assert {r["collection"] for r in unseen} == {"objects", "grey"}
+    for d in MICRO.datasets:  # the generators' training photos
+        kept = {k for k, _ in _photos_part(MICRO, d, None, "kept")}
+        assert kept == set(PYPI_DATASETS[d].photos) - held[d]
+    for r in unseen:
+        assert (micro.parent / r["path"]).is_file()
+    assert {r["pipeline"] for r in rows} <= {"box", "native", "bilinear", "bicubic", "lanczos"}
 
 
 def test_tiny_uses_only_pypi_photos_that_load_offline() -> None:

@@ -5,6 +5,8 @@ Layout of ``DIR`` (the public benchmark format, see :func:`osma.data.write_bench
     DIR/data_list.yaml                               five splits
     DIR/dataset/splitK_{train,val,test}/annotations/  path<TAB>label lists
     DIR/dataset/images/<class>/<part>_<i>.png         32x32 PNG, part in train/val/test
+    DIR/dataset/images/real_unseen/<collection>/test_<i>.png   unseen real test images (label real)
+    DIR/dataset/real_images.csv                       how every real image was made
     DIR/generators/<name>/{model.safetensors, manifest.json, sheet.png}
     DIR/zoo.json                                      preset, seed, timings
     DIR/build.log                                     one line per generator / class, per build
@@ -74,16 +76,31 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
 
 # ------------------------------------------------------------------------ real patches
 
-_PHOTOS: dict[str, list[np.ndarray]] = {}
+_PHOTOS: dict[str, list[tuple[str, np.ndarray]]] = {}
 
 
-def _photos(name: str, real_dir: str | None) -> list[np.ndarray]:
+def _photo_items(name: str, real_dir: str | None) -> list[tuple[str, np.ndarray]]:
     from osma.zoo.sources import real_dataset
 
     key = f"{name}|{real_dir}" if name == "dir" else name
     if key not in _PHOTOS:
-        _PHOTOS[key] = real_dataset(name, real_dir).load()
+        _PHOTOS[key] = real_dataset(name, real_dir).load_items()
     return _PHOTOS[key]
+
+
+def _held_out(spec: ZooSpec, name: str) -> bool:
+    """Whether collection ``name`` gives photos to unseen real (the preset's real datasets)."""
+    return spec.unseen_real_every > 0 and name in spec.datasets
+
+
+def _photos_part(spec: ZooSpec, name: str, real_dir: str | None, part: str) -> list[tuple[str, np.ndarray]]:
+    """The photos of a collection that generators and the seen real class use (``kept``), or
+    those held out for unseen real (``held``); every photo is kept when nothing is held out."""
+    from osma.zoo.sources import holdout
+
+    items = _photo_items(name, real_dir)
+    held = holdout([k for k, _ in items], spec.unseen_real_every) if _held_out(spec, name) else set()
+    return [(k, a) for k, a in items if (k in held) == (part == "held")]
 
 
 _PATCHES: dict[tuple, np.ndarray] = {}
@@ -93,11 +110,12 @@ def _train_patches(spec: ZooSpec, data: str, seed: int) -> np.ndarray:
     """The training patches of dataset ``data`` (the same for every generator trained on it)."""
     from osma.zoo.sources import sample_patches
 
-    key = (data, seed, spec.train_patches, spec.size)
+    key = (data, seed, spec.train_patches, spec.size, _held_out(spec, data) and spec.unseen_real_every)
     if key not in _PATCHES:
         rng = np.random.default_rng(_stream(seed, "train-patches", data))
         _PATCHES.clear()  # keep one dataset in memory at a time
-        _PATCHES[key] = sample_patches(_photos(data, None), spec.train_patches, spec.size, rng, "train")
+        photos = [a for _, a in _photos_part(spec, data, None, "kept")]
+        _PATCHES[key] = sample_patches(photos, spec.train_patches, spec.size, rng, "train")
     return _PATCHES[key]
 
 
@@ -112,6 +130,8 @@ def _gen_config(spec: ZooSpec, g: GeneratorSpec, seed: int) -> dict:
         cfg["ddpm_steps"] = spec.ddpm_steps
     if g.arch != "face" and spec.ema > 0:  # only when set, so existing zoos keep their cache keys
         cfg["ema"] = spec.ema
+    if g.arch != "face" and _held_out(spec, g.data):  # trained without the held-out photos
+        cfg["holdout_every"] = spec.unseen_real_every
     return cfg
 
 
@@ -217,26 +237,38 @@ def _worker_train(args: tuple) -> tuple[str, str]:
 
 
 def _class_config(spec: ZooSpec, cls: str, seed: int, gen_hash: str | None, real_dir: str | None) -> dict:
-    return {
+    cfg = {
         "class": cls,
         "counts": [spec.n_train, spec.n_val, spec.n_test],
         "size": spec.size,
         "build_seed": seed,
         "generator": gen_hash,
-        "datasets": list(spec.datasets) if cls == "real" else None,
+        "datasets": list(spec.datasets) if cls in ("real", UNSEEN_REAL_DIR) else None,
         "real_dir": real_dir if cls == "real" else None,
     }
+    if cls in ("real", UNSEEN_REAL_DIR):  # the pipelines of issue 19 and the held-out photos
+        from osma.zoo.sources import REAL_JPEG_QUALITIES, REAL_JPEG_SHARE, REAL_PIPELINES
+
+        cfg |= {"pipelines": [list(p) for p in REAL_PIPELINES], "jpeg_share": REAL_JPEG_SHARE,
+                "jpeg_qualities": list(REAL_JPEG_QUALITIES), "holdout_every": spec.unseen_real_every}
+    return cfg
 
 
-def _write_class(out: Path, cls: str, parts: dict[str, np.ndarray], cfg: dict) -> None:
+def _write_class(out: Path, cls: str, parts: dict[str, np.ndarray], cfg: dict, records: list[dict] | None = None) -> None:
+    """Write a class's images ``parts`` (``"<part>"`` or ``"<subdir>/<part>"`` -> images) and
+    its stamp, with the per-image ``records`` (real classes) in it."""
     cdir = out / "dataset" / "images" / cls
     if cdir.exists():
         shutil.rmtree(cdir)  # stale or partial set: start the class over
     cdir.mkdir(parents=True)
     for part, arr in parts.items():
+        (cdir / part).parent.mkdir(parents=True, exist_ok=True)
         for i, img in enumerate(arr):
             _save_png(img, cdir / f"{part}_{i:04d}.png")
-    _write_json(out / ".zoo" / f"{cls}.json", {**cfg, "config_hash": _h(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    stamp = {**cfg, "config_hash": _h(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if records is not None:
+        stamp["records"] = records
+    _write_json(out / ".zoo" / f"{cls}.json", stamp)
 
 
 def _class_done(out: Path, cfg: dict) -> bool:
@@ -265,25 +297,82 @@ def _sample_generator_class(spec: ZooSpec, g: GeneratorSpec, out: Path, seed: in
     return "written"
 
 
+def _shares(n: int, k: int) -> list[int]:
+    return [n // k + (1 if i < n % k else 0) for i in range(k)]
+
+
 def _real_class(spec: ZooSpec, out: Path, seed: int, real_dir: str | None) -> str:
-    from osma.zoo.sources import sample_patches
+    from osma.zoo.sources import real_patches
 
     cfg = _class_config(spec, "real", seed, None, real_dir)
     if _class_done(out, cfg):
         return "cached"
     sets = list(spec.datasets) + (["dir"] if real_dir else [])
-    parts = {}
+    parts, records = {}, []
     for part, n in zip(_PARTS, (spec.n_train, spec.n_val, spec.n_test)):
-        # an equal share from every real dataset, then a fixed shuffle
-        shares = [n // len(sets) + (1 if i < n % len(sets) else 0) for i in range(len(sets))]
-        chunks = [
-            sample_patches(_photos(d, real_dir), k, spec.size, np.random.default_rng(_stream(seed, "real", d, part)), "real")
-            for d, k in zip(sets, shares)
-        ]
-        arr = np.concatenate(chunks)
-        parts[part] = arr[np.random.default_rng(_stream(seed, "real-shuffle", part)).permutation(len(arr))]
-    _write_class(out, "real", parts, cfg)
+        # an equal share from every real dataset (its kept photos' right bands), then a fixed shuffle
+        chunks = [(d, real_patches(_photos_part(spec, d, real_dir, "kept"), k, spec.size,
+                                   np.random.default_rng(_stream(seed, "real", d, part)), "real"))
+                  for d, k in zip(sets, _shares(n, len(sets)))]
+        arr = np.concatenate([c.images for _, c in chunks])
+        recs = [{**r, "collection": d} for d, c in chunks for r in c.records]
+        order = np.random.default_rng(_stream(seed, "real-shuffle", part)).permutation(len(arr))
+        parts[part] = arr[order]
+        records += [{"path": f"{DATA_PATH}/images/real/{part}_{i:04d}.png", **recs[j]} for i, j in enumerate(order)]
+    _write_class(out, "real", parts, cfg, records)
     return "written"
+
+
+#: directory (under ``dataset/images``) of the unseen real test images, one sub-directory per collection
+UNSEEN_REAL_DIR = "real_unseen"
+
+
+def _unseen_real_counts(spec: ZooSpec) -> dict[str, int]:
+    """Unseen real test images per collection: ``n_test`` shared equally among the preset's
+    real datasets that hold photos out (none when the preset holds none out)."""
+    from osma.zoo.sources import holdout, real_dataset
+
+    if spec.unseen_real_every <= 0:
+        return {}
+    sets = [d for d in spec.datasets if holdout(list(real_dataset(d).photos), spec.unseen_real_every)]
+    return {d: k for d, k in zip(sets, _shares(spec.n_test, len(sets))) if k} if sets else {}
+
+
+def _unseen_real_class(spec: ZooSpec, out: Path, seed: int) -> str:
+    """The unseen real test images: whole held-out photos through the real pipelines."""
+    from osma.zoo.sources import real_patches
+
+    counts = _unseen_real_counts(spec)
+    cfg = {**_class_config(spec, UNSEEN_REAL_DIR, seed, None, None), "collections": counts}
+    if not counts:
+        shutil.rmtree(out / "dataset" / "images" / UNSEEN_REAL_DIR, ignore_errors=True)
+        return "none"
+    if _class_done(out, cfg):
+        return "cached"
+    parts, records = {}, []
+    for d, k in counts.items():
+        rp = real_patches(_photos_part(spec, d, None, "held"), k, spec.size,
+                          np.random.default_rng(_stream(seed, "unseen-real", d)), None)
+        parts[f"{d}/test"] = rp.images
+        records += [{"path": f"{DATA_PATH}/images/{UNSEEN_REAL_DIR}/{d}/test_{i:04d}.png", **r, "collection": d}
+                    for i, r in enumerate(rp.records)]
+    _write_class(out, UNSEEN_REAL_DIR, parts, cfg, records)
+    return "written"
+
+
+def _write_real_records(out: Path) -> None:
+    """``dataset/real_images.csv``: how every real image of the zoo was made (from the stamps)."""
+    import csv
+
+    rows = []
+    for cls, unseen in (("real", False), (UNSEEN_REAL_DIR, True)):
+        stamp = _read_json(out / ".zoo" / f"{cls}.json") or {}
+        rows += [{**r, "unseen": unseen} for r in stamp.get("records", [])]
+    cols = ["path", "collection", "photo", "pipeline", "factor", "jpeg", "unseen"]
+    with open(out / "dataset" / "real_images.csv", "w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows({**r, "jpeg": "" if r.get("jpeg") is None else r["jpeg"]} for r in rows)
 
 
 # ------------------------------------------------------------------------ the build
@@ -313,11 +402,16 @@ def _lists(spec: ZooSpec) -> dict[str, dict[str, list[tuple[str, str]]]]:
         return [(f"{DATA_PATH}/images/{cls}/{part}_{i:04d}.png", cls) for i in range(n)]
 
     counts = {"train": spec.n_train, "val": spec.n_val, "test": spec.n_test}
+    # unseen real: known ``real`` test images from held-out photos (osma.data.unseen_real_samples
+    # finds them by their directory, as the public benchmark's COCO / summer)
+    unseen = [(f"{DATA_PATH}/images/{UNSEEN_REAL_DIR}/{d}/test_{i:04d}.png", "real")
+              for d, k in _unseen_real_counts(spec).items() for i in range(k)]
     out = {}
     for name, s in spec.splits().items():
         ls: dict[str, list[tuple[str, str]]] = {
             part: [pc for c in s["known_classes"] for pc in files(c, part, n)] for part, n in counts.items()  # type: ignore[union-attr]
         }
+        ls["test"] += unseen
         for grp, classes in s["unknown_classes"].items():  # type: ignore[union-attr]
             ls[f"out_{grp}"] = [pc for c in classes for pc in files(c, "test", spec.n_test)]
         out[name] = ls
@@ -381,6 +475,9 @@ def build(
         bar = tqdm(total=len(classes), desc=f"zoo {spec.name}: images", unit="class", disable=not progress)
         written = {"real": _real_class(spec, out, seed, real_dir)}
         _log(out, f"images real: {written['real']} ({time.time() - t0:.0f} s since start)")
+        written[UNSEEN_REAL_DIR] = _unseen_real_class(spec, out, seed)
+        _log(out, f"images {UNSEEN_REAL_DIR}: {written[UNSEEN_REAL_DIR]} ({time.time() - t0:.0f} s since start)")
+        _write_real_records(out)
         bar.update(1)
         for g in gens:
             bar.set_postfix_str(g.name)
@@ -389,7 +486,7 @@ def build(
             bar.update(1)
         bar.close()
     target = write_benchmark(out, spec.splits(), _lists(spec), data_path=DATA_PATH)
-    stale = sorted({p.name for p in (out / "dataset" / "images").iterdir() if p.is_dir()} - set(classes))
+    stale = sorted({p.name for p in (out / "dataset" / "images").iterdir() if p.is_dir()} - set(classes) - {UNSEEN_REAL_DIR})
     if stale:  # left by a build of an older preset version; kept (they cost training time), in no split
         _log(out, f"not in preset {spec.name} (in no annotation file, safe to delete): {', '.join(stale)}")
     summary = {

@@ -60,6 +60,9 @@ class ZooSpec:
     ddpm_steps: int = 25
     ema: float = 0.0  # > 0: sample from an exponential moving average of the weights (decay)
     unseen_datasets: tuple[str, ...] = ()  # alternate data only: never in the real class
+    # every k-th photo of each real dataset is held out of generators and the seen real class
+    # and supplies the unseen real test images (osma.zoo.sources.holdout); 0: none
+    unseen_real_every: int = 0
 
     # ------------------------------------------------------------------ generators
     def primary(self, arch: str) -> str:
@@ -131,6 +134,7 @@ PRESETS: dict[str, ZooSpec] = {
         lr=1e-3,
         iters={"dcgan": 4, "vae": 4},
         widths={"dcgan": 32, "vae": 32},
+        unseen_real_every=4,
     ),
     "tiny": ZooSpec(
         name="tiny",
@@ -147,6 +151,7 @@ PRESETS: dict[str, ZooSpec] = {
         lr=1e-3,  # few iterations: a fast start matters more than stability
         iters={"dcgan": 100, "nnconv": 100, "pixshuffle": 100, "bilinear": 100, "vae": 300},
         widths={"dcgan": 48, "nnconv": 48, "pixshuffle": 48, "bilinear": 48, "vae": 48},
+        unseen_real_every=4,
     ),
     "mini": ZooSpec(
         name="mini",
@@ -166,6 +171,7 @@ PRESETS: dict[str, ZooSpec] = {
         widths={**{a: 64 for a in _GAN}, "vae": 64, "ddpm": 32},
         ema=0.999,  # sample from averaged weights: seeds of one architecture end up alike
         unseen_datasets=("plasma",),
+        unseen_real_every=4,
     ),
 }
 
@@ -179,6 +185,9 @@ def describe(preset: str) -> str:
         f"  real datasets: {', '.join(spec.datasets)}  (real class: held-out bands of all of them)",
         *([f"  unseen datasets: {', '.join(spec.unseen_datasets)}  (unseen-dataset group only, never in the real class)"]
           if spec.unseen_datasets else []),
+        *([f"  unseen real: every {spec.unseen_real_every}th photo of each real dataset, held out of generators "
+           f"and the seen real class; {spec.n_test} unseen real test images (label real)"]
+          if spec.unseen_real_every else []),
         f"  images per class: {spec.n_train} train / {spec.n_val} val / {spec.n_test} test, {spec.size}x{spec.size} PNG",
         f"  generators ({len(gens)}):",
     ]

@@ -11,14 +11,21 @@ at the pixel level, so the real class carries no up-sampling fingerprint.
 Every photo is cut into two disjoint column bands: the left ``1 - REAL_FRACTION`` trains
 the generators, the right ``REAL_FRACTION`` yields the ``real`` class, so real test images
 never share pixels with a generator's training data.
+
+The ``real`` class itself comes through several real-world pipelines (:func:`real_patches`,
+issue 19): crops at the photo's own resolution, or after down-scaling with one of several
+filters and factors, then JPEG re-compression for a share of them, each image's pipeline
+recorded. A preset can hold whole photos out of every collection (:func:`holdout`): no
+generator and no seen ``real`` image comes from them, and they supply the *unseen real*
+test images, real photos a model has never seen (the public benchmark's COCO / "summer").
 """
 from __future__ import annotations
 
 import glob
 import importlib.util
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +99,10 @@ class RealDataset:
     def load(self) -> list[np.ndarray]:
         """Decode every photo (uint8 HxWx3), in a fixed order."""
         return [self.photos[k]() for k in sorted(self.photos)]
+
+    def load_items(self) -> list[tuple[str, np.ndarray]]:
+        """(photo id, decoded photo) of every photo, in the order of :meth:`load`."""
+        return [(k, self.photos[k]()) for k in sorted(self.photos)]
 
 
 # -- PyPI photos (no apt step, no network: each verified to load offline) ----------------
@@ -235,3 +246,86 @@ def sample_patches(
         y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
         out[i] = img[y : y + size, x : x + size]
     return out
+
+
+# -- the real class: several real-world pipelines, and held-out photos -----------------------
+
+#: how a ``real`` image is made from a photo: (pipeline, share). ``native`` crops the photo at
+#: its own resolution (no resampling, as a camera JPEG cropped by a user); the others first
+#: down-scale it by a factor drawn from :data:`SCALES` with that Pillow filter (``box`` alone
+#: was the zoo's real class before issue 19)
+REAL_PIPELINES: tuple[tuple[str, float], ...] = (
+    ("box", 0.3), ("native", 0.2), ("bilinear", 0.15), ("bicubic", 0.15), ("lanczos", 0.2),
+)
+#: share of real images re-compressed as JPEG after the geometric step (cameras, platforms)
+REAL_JPEG_SHARE = 0.5
+#: JPEG qualities, drawn uniformly
+REAL_JPEG_QUALITIES: tuple[int, ...] = (95, 90, 85, 75)
+_FILTERS = {"box": Image.BOX, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
+
+
+def holdout(ids: Sequence[str], every: int) -> set[str]:
+    """Photo ids held out of a collection for unseen real: every ``every``-th of the sorted
+    ids (the ``every``-th, the ``2 every``-th, ...); none when ``every`` is 0."""
+    return set(sorted(ids)[every - 1 :: every]) if every > 0 else set()
+
+
+@dataclass
+class RealPatches:
+    """Real images and, per image, how it was made (:data:`REAL_PIPELINES`)."""
+
+    images: np.ndarray  # uint8 (n, size, size, 3)
+    records: list[dict] = field(default_factory=list)  # photo, pipeline, factor, jpeg (quality or None)
+
+
+def real_patches(photos: Sequence[tuple[str, np.ndarray]], n: int, size: int, rng: np.random.Generator,
+                 band: str | None) -> RealPatches:
+    """``n`` real ``size`` x ``size`` images made through :data:`REAL_PIPELINES`.
+
+    Per image: a photo (uniformly), a pipeline (by its share), for a resampling pipeline a
+    factor from :data:`SCALES` (uniformly among those that leave the photo at least ``size``;
+    ``native`` when none does), a random crop, then with probability :data:`REAL_JPEG_SHARE`
+    JPEG re-compression at a quality from :data:`REAL_JPEG_QUALITIES` of a window up to 7
+    pixels larger on the top and left, so that the 8x8 grid is not aligned with the crop.
+    ``band``: ``"real"`` (the photo's right band, as :func:`sample_patches`) or ``None``
+    (the whole photo: held-out photos).
+    """
+    from osma.images.transforms import jpeg_recompress
+
+    if band not in ("real", None):
+        raise ValueError(f"band must be 'real' or None, not {band!r}")
+    sources = [(pid, _band(ph, "real") if band else ph) for pid, ph in photos]
+    sources = [(pid, ph) for pid, ph in sources if min(ph.shape[:2]) >= size]
+    if not sources:
+        raise ValueError(f"no photo is large enough for {size}x{size} real images")
+    names = [p for p, _ in REAL_PIPELINES]
+    shares = np.array([w for _, w in REAL_PIPELINES], float)
+    cache: dict[tuple[int, str, float], np.ndarray] = {}
+    out = np.empty((n, size, size, 3), np.uint8)
+    records = []
+    for i in range(n):
+        k = int(rng.integers(len(sources)))
+        pid, photo = sources[k]
+        pipe = names[int(rng.choice(len(names), p=shares / shares.sum()))]
+        h, w = photo.shape[:2]
+        factors = [f for f in SCALES if min(int(h * f), int(w * f)) >= size] if pipe != "native" else []
+        factor = float(factors[int(rng.integers(len(factors)))]) if factors else 1.0
+        if factor == 1.0:
+            pipe, img = "native", photo
+        else:
+            img = cache.get((k, pipe, factor))
+            if img is None:
+                img = np.asarray(Image.fromarray(photo).resize((int(w * factor), int(h * factor)), _FILTERS[pipe]))
+                cache[(k, pipe, factor)] = img
+        ih, iw = img.shape[:2]
+        y, x = int(rng.integers(0, ih - size + 1)), int(rng.integers(0, iw - size + 1))
+        quality = None
+        if rng.random() < REAL_JPEG_SHARE:
+            quality = int(REAL_JPEG_QUALITIES[int(rng.integers(len(REAL_JPEG_QUALITIES)))])
+            y0, x0 = max(0, y - int(rng.integers(0, 8))), max(0, x - int(rng.integers(0, 8)))
+            window = jpeg_recompress(np.ascontiguousarray(img[y0 : y + size + 8, x0 : x + size + 8]), quality)
+            out[i] = window[y - y0 : y - y0 + size, x - x0 : x - x0 + size]
+        else:
+            out[i] = img[y : y + size, x : x + size]
+        records.append({"photo": pid, "pipeline": pipe, "factor": factor, "jpeg": quality})
+    return RealPatches(out, records)
