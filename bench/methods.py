@@ -64,6 +64,9 @@ METHODS: dict[str, tuple[str, dict]] = {
     "repmix": ("repmix", {}),
 }
 
+#: the README table's methods: what a run without --methods trains (the baselines are asked for by name)
+CORE = ("softmax", "pose-base", "pose-am", "pose", "metric")
+
 GROUPS = ("seed", "arch", "dataset", "all")
 
 #: table columns: (header, path into the report / bench record, is a fraction)
@@ -204,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--splits", default=None, help="comma-separated splits (default: all in the file)")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path("runs/bench-methods"))
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)}")
+    ap.add_argument("--methods", default=",".join(CORE), help=f"comma-separated, from {','.join(METHODS)} "
+                    "(default: the README table's methods)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
