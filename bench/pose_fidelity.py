@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,8 +66,6 @@ def config_options(name: str) -> dict:
     before issue 18; ``default32`` / ``default128``: the same inputs with pose's current
     defaults), then ``+factor`` / ``-factor`` terms switching :data:`FACTORS` to the official
     value or back, where ``official`` means all of them, e.g. ``128+official-eval_after``."""
-    import re
-
     base, *terms = re.split(r"(?=[+-])", name)
     if base not in BASES:
         raise ValueError(f"config {name!r}: base {base!r} is not one of {', '.join(BASES)}")

@@ -25,6 +25,7 @@ from functools import cached_property
 
 import numpy as np
 
+from osma.images.transforms import DEFAULT_RESIZE_FILTER
 from osma.scores.base import Features, Prediction
 
 #: the default aggregation; the default number of crops is 1 (the centre crop) until the
@@ -69,7 +70,7 @@ def _spread(length: int, size: int, k: int) -> list[int]:
 
 
 def image_crops(img: np.ndarray, size: int, n: int, resize: int | None = None,
-                filter: str = "bicubic") -> np.ndarray:  # noqa: A002
+                filter: str = DEFAULT_RESIZE_FILTER) -> np.ndarray:  # noqa: A002
     """The crops of one decoded uint8 HxWx3 image, (k, size, size, 3) with ``1 <= k <= n``:
     optional square ``resize`` with ``filter`` (as :func:`osma.images.eval_patch`), reflect padding of sides
     shorter than ``size``, then the :func:`crop_grid` crops. Only the crops are copied."""

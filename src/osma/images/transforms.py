@@ -88,9 +88,11 @@ def random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndar
 
 #: resampling filters of :func:`resize` (Pillow's, which widen their kernel when shrinking)
 RESIZE_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+#: the filter of every resize unless told (the ``resize_filter`` option's default; since issue 18)
+DEFAULT_RESIZE_FILTER = "bicubic"
 
 
-def resize(img: np.ndarray, size: int, filter: str = "bicubic") -> np.ndarray:  # noqa: A002
+def resize(img: np.ndarray, size: int, filter: str = DEFAULT_RESIZE_FILTER) -> np.ndarray:  # noqa: A002
     """Resize to exactly ``size`` x ``size`` (aspect ratio not kept, as POSE's 128 x 128 input).
 
     Pillow ``filter`` (:data:`RESIZE_FILTERS`), antialiased when shrinking: ``bilinear`` is
@@ -109,7 +111,8 @@ def resize(img: np.ndarray, size: int, filter: str = "bicubic") -> np.ndarray:  
 _resize = resize  # eval_patch's ``resize`` argument shadows the function's name
 
 
-def eval_patch(img: np.ndarray, size: int, resize: int | None = None, filter: str = "bicubic") -> np.ndarray:  # noqa: A002
+def eval_patch(img: np.ndarray, size: int, resize: int | None = None,
+               filter: str = DEFAULT_RESIZE_FILTER) -> np.ndarray:  # noqa: A002
     """The evaluation patch of a decoded image: optional square ``resize`` (when truthy,
     with ``filter``), then the centre ``size`` x ``size`` crop (reflect-padded if smaller), contiguous.
 
@@ -206,7 +209,7 @@ class CropConfig:
     size: int = 64
     resize: int | None = None
     #: :func:`resize`'s filter
-    resize_filter: str = "bicubic"
+    resize_filter: str = DEFAULT_RESIZE_FILTER
     train: bool = False
     jpeg: bool = False
     flip: bool = False
@@ -215,6 +218,7 @@ class CropConfig:
 
 __all__ = [
     "CropConfig",
+    "DEFAULT_RESIZE_FILTER",
     "JPEG_QUALITIES",
     "RESIZE_FILTERS",
     "center_crop",

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from osma.images.transforms import RESIZE_FILTERS
+from osma.images.transforms import DEFAULT_RESIZE_FILTER, RESIZE_FILTERS
 from osma.methods.base import Attributor, Prediction
 from osma.names import check_source_name
 from osma.models import BACKBONES, INPUTS, constrain, create_backbone, create_input, to_pixels
@@ -51,7 +51,7 @@ class Preprocess(Options):
     crop: int = opt(32, "side of the square crop the network sees, in pixels", min=4, max=4096)
     resize: int | None = opt(None, "resize images to this square size before cropping (None: never resample)",
                              min=4, max=16384)
-    resize_filter: str = opt("bicubic", "resampling filter of the resize (Pillow's; bicubic is Pillow's default and "
+    resize_filter: str = opt(DEFAULT_RESIZE_FILTER, "resampling filter of the resize (Pillow's; bicubic is Pillow's default and "
                              "the official POSE code's)", choices=tuple(RESIZE_FILTERS))
     augment: str = opt("none", "training augmentation", choices=AUGMENTS)
 

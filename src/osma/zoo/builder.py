@@ -93,14 +93,18 @@ def _held_out(spec: ZooSpec, name: str) -> bool:
     return spec.unseen_real_every > 0 and name in spec.datasets
 
 
+def _held_ids(spec: ZooSpec, name: str) -> set[str]:
+    """Ids of the photos of collection ``name`` held out for unseen real (nothing decoded)."""
+    from osma.zoo.sources import holdout, real_dataset
+
+    return holdout(list(real_dataset(name).photos), spec.unseen_real_every) if _held_out(spec, name) else set()
+
+
 def _photos_part(spec: ZooSpec, name: str, real_dir: str | None, part: str) -> list[tuple[str, np.ndarray]]:
     """The photos of a collection that generators and the seen real class use (``kept``), or
     those held out for unseen real (``held``); every photo is kept when nothing is held out."""
-    from osma.zoo.sources import holdout
-
-    items = _photo_items(name, real_dir)
-    held = holdout([k for k, _ in items], spec.unseen_real_every) if _held_out(spec, name) else set()
-    return [(k, a) for k, a in items if (k in held) == (part == "held")]
+    held = _held_ids(spec, name)
+    return [(k, a) for k, a in _photo_items(name, real_dir) if (k in held) == (part == "held")]
 
 
 _PATCHES: dict[tuple, np.ndarray] = {}
@@ -330,11 +334,7 @@ UNSEEN_REAL_DIR = "real_unseen"
 def _unseen_real_counts(spec: ZooSpec) -> dict[str, int]:
     """Unseen real test images per collection: ``n_test`` shared equally among the preset's
     real datasets that hold photos out (none when the preset holds none out)."""
-    from osma.zoo.sources import holdout, real_dataset
-
-    if spec.unseen_real_every <= 0:
-        return {}
-    sets = [d for d in spec.datasets if holdout(list(real_dataset(d).photos), spec.unseen_real_every)]
+    sets = [d for d in spec.datasets if _held_ids(spec, d)]
     return {d: k for d, k in zip(sets, _shares(spec.n_test, len(sets))) if k} if sets else {}
 
 
