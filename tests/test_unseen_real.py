@@ -250,6 +250,13 @@ def test_report_unseen_real_by_hand(hand_split: SimpleNamespace, tmp_path: Path)
     md = (tmp_path / "report.md").read_text()
     assert "## Unseen real" in md and "accepted **75.0%** (seen real test images: 66.7%)" in md
     assert "accepted as real **50.0%**" in md and "all 68.8%" in md
+    # the real class's own tau: 95% of the real validation images v0 .90, v1 .80 -> 0.80;
+    # there only u0 (.95, real) of the unseen and r0 (.90) of the seen real images pass
+    rt = ur["real_tau"]
+    assert rt["tau"] == pytest.approx(0.8) and rt["n_val_real"] == 2
+    assert (rt["acceptance"], rt["as_real"]) == (pytest.approx(1 / 4), pytest.approx(1 / 4))
+    assert rt["seen_real_acceptance"] == pytest.approx(1 / 3)
+    assert "real class's own tau = 0.8 (2 real validation images): accepted **25.0%**" in md
 
     # a stored tau takes precedence: all four accepted at 0.50, three as real, seen real all
     att = Fake()
@@ -281,6 +288,10 @@ def test_bench_columns_only_when_reported() -> None:
     head = next(line for line in md.splitlines() if line.startswith("| method"))
     assert head.endswith("| UR accept | UR as real | s/epoch | img/s |")
     assert "| 25.0 | 12.5 |" in md and "| old | 50.0 |" in md
+    # the real class's own tau: a column of its own once a report has it
+    rt = {**plain, "unseen_real": {"acceptance": 0.25, "as_real": 0.125, "real_tau": {"acceptance": 0.75}}}
+    md = bench.to_markdown(bench.summarize({"m": [rt]}), ["split1"])
+    assert "| UR accept | UR as real | UR accept @real tau | s/epoch |" in md and "| 25.0 | 12.5 | 75.0 |" in md
 
 
 # ---------------------------------------------------------------- end to end, a trained model

@@ -182,28 +182,38 @@ def _group_metrics(known: Outputs, correct: np.ndarray, unknown: Outputs) -> dic
     }
 
 
-def _unseen_real(split, test: Outputs, groups: dict[str, Outputs], unknown_all: Outputs,  # noqa: ANN001
-                 index: dict[str, int], tau: float, tau_source: str) -> dict:
+def _unseen_real(split, val: Outputs, test: Outputs, groups: dict[str, Outputs],  # noqa: ANN001
+                 unknown_all: Outputs, index: dict[str, int], tau: float, tau_source: str,
+                 tpr: float) -> dict:
     """``report["unseen_real"]``: acceptance and AUROC of the unseen real test images
-    (``split.unseen_real``, found in ``test`` by path) and the acceptance of the seen ones."""
+    (``split.unseen_real``, found in ``test`` by path) and the acceptance of the seen ones,
+    at ``tau`` and at the real class's own tau (``tpr`` of the real validation images)."""
     from osma.data import REAL
+    from osma.metrics import calibrate_threshold
 
     ur_paths = {str(s.path) for s in split.unseen_real}
     is_ur = np.array([p in ur_paths for p in test.paths], dtype=bool)
     is_real = np.array([lab == REAL for lab in test.labels], dtype=bool)
     ur, seen = test.select(is_ur), test.select(is_real & ~is_ur)
 
-    def acceptance(o: Outputs) -> float | None:
-        return float(np.mean(accept(o.score, tau))) if len(o) else None
+    def acceptance(o: Outputs, t: float) -> float | None:
+        return float(np.mean(accept(o.score, t))) if len(o) else None
 
-    as_real = None
-    if len(ur):
-        as_real = float(np.mean((ur.pred == index[REAL]) & accept(ur.score, tau)))
+    def as_real(t: float) -> float | None:
+        return float(np.mean((ur.pred == index[REAL]) & accept(ur.score, t))) if len(ur) else None
+
     unknown = {**{g: groups[g] for g in UNKNOWN_GROUPS}, "all": unknown_all}
     auroc = {g: float(metrics.auroc(ur.score, o.score)) if len(ur) and len(o) else None for g, o in unknown.items()}
-    return {"n": int(len(ur)), "acceptance": acceptance(ur), "as_real": as_real, "tau": float(tau),
-            "tau_source": tau_source, "seen_real_acceptance": acceptance(seen), "n_seen_real": int(len(seen)),
-            "auroc": auroc}
+    out = {"n": int(len(ur)), "acceptance": acceptance(ur, tau), "as_real": as_real(tau), "tau": float(tau),
+           "tau_source": tau_source, "seen_real_acceptance": acceptance(seen, tau), "n_seen_real": int(len(seen)),
+           "auroc": auroc, "real_tau": None}
+    # the threshold a user who cares about real photos would set: tpr of the *real* validation images
+    val_real = val.score[np.array([lab == REAL for lab in val.labels], dtype=bool)] if len(val) else np.zeros(0)
+    if len(val_real):
+        t = float(calibrate_threshold(val_real, tpr))
+        out["real_tau"] = {"tau": t, "n_val_real": int(len(val_real)), "acceptance": acceptance(ur, t),
+                           "as_real": as_real(t), "seen_real_acceptance": acceptance(seen, t)}
+    return out
 
 
 def _check_classes(attributor: Attributor, split) -> list[str]:  # noqa: ANN001
@@ -237,7 +247,8 @@ def evaluate(
     ``fang.{tau,tau_source,tpr,af1,crr,af1_crr_auc}``, ``fang_model_tau`` (with a stored
     tau), ``clustering.{nmi,purity,ari,accuracy,n_clusters,k}``,
     ``unknown_classes.<name>.{group,n,most_given,most_given_fraction,mean_score,rejected_fraction}``,
-    ``unseen_real.{n,acceptance,as_real,tau,tau_source,seen_real_acceptance,n_seen_real,auroc.<group|all>}``
+    ``unseen_real.{n,acceptance,as_real,tau,tau_source,seen_real_acceptance,n_seen_real,auroc.<group|all>,
+    real_tau.{tau,n_val_real,acceptance,as_real,seen_real_acceptance}}``
     (only when ``split.unseen_real`` is not empty: docs/evaluation.md),
     ``counts``, ``timing``, ``failed``. Metric values are fractions in [0, 1] (None when a
     group has no images). ``outputs``: the split already embedded by this network
@@ -311,7 +322,7 @@ def evaluate(
     # real photos of collections never trained on: accepted (not accused of being unknown)?
     if getattr(split, "unseen_real", None):
         t_ur, src_ur = (float(attributor.tau), "model") if attributor.tau is not None else (tau, tau_source)
-        report["unseen_real"] = _unseen_real(split, test, groups, unknown_all, index, t_ur, src_ur)
+        report["unseen_real"] = _unseen_real(split, val, test, groups, unknown_all, index, t_ur, src_ur, tpr)
 
     # clustering of known + unknown test embeddings at the true number of classes
     cl_labels = test.labels + unknown_all.labels

@@ -38,6 +38,10 @@ def _unseen_real_lines(ur: dict | None) -> list[str]:
         f"- {ur['n']} images; at tau = {_fmt(ur['tau'], pct=False)} ({ur['tau_source']}): accepted "
         f"**{_fmt(ur['acceptance'])}%** (seen real test images: {_fmt(ur['seen_real_acceptance'])}%), "
         f"accepted as real **{_fmt(ur['as_real'])}%**",
+        *([f"- at the real class's own tau = {_fmt(rt['tau'], pct=False)} ({rt['n_val_real']} real validation "
+           f"images): accepted **{_fmt(rt['acceptance'])}%** (seen real test images: "
+           f"{_fmt(rt['seen_real_acceptance'])}%), accepted as real **{_fmt(rt['as_real'])}%**"]
+          if (rt := ur.get("real_tau")) else []),
         f"- AUROC, unknown test images vs unseen real only: {auroc}",
     ]
 
