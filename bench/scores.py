@@ -10,7 +10,9 @@ training's own score fit uses). Every score below is then fitted on the training
 embeddings and evaluated on the same test embeddings by :func:`osma.evaluation.evaluate`
 (what :func:`osma.evaluation.evaluate_scores` does, without embedding the split twice);
 the table gives its closed-set accuracy and AUROC (known test vs each unknown group, and
-all unknowns). This tells whether a method is ahead or behind because of what its network
+all unknowns), and, when the split has unseen real test images, the unseen real columns of
+``bench/methods.py`` (acceptance at the evaluation's tau, accepted as real, acceptance at
+the real class's own tau; docs/evaluation.md). This tells whether a method is ahead or behind because of what its network
 learned or because of how it scores (OpenOOD keeps the two apart in the same way).
 
 Scores (higher = more likely known), through the public API only:
@@ -73,10 +75,20 @@ def sub_centroid_rule(e_train: np.ndarray, y_train: np.ndarray, n_classes: int, 
     return ref_cls[z.argmin(1)], -z.min(1)
 
 
+#: unseen real columns (shown when the split has unseen real test images): acceptance at the
+#: evaluation's tau, accepted as real, acceptance at the real class's own tau (docs/evaluation.md)
+UR_COLUMNS = ("UR accept", "UR as real", "UR accept @real tau")
+
+
 def _row(report: dict, groups: list[str]) -> list[float | None]:
-    """Acc, AUROC per group, AUROC all of an evaluation report (fractions, None if absent)."""
-    return [report["closed_set"]["accuracy"], *[report["open_set"][g]["auroc"] for g in groups],
-            report["open_set"]["all"]["auroc"]]
+    """Acc, AUROC per group, AUROC all of an evaluation report (fractions, None if absent),
+    then the unseen real columns when the report has them."""
+    row = [report["closed_set"]["accuracy"], *[report["open_set"][g]["auroc"] for g in groups],
+           report["open_set"]["all"]["auroc"]]
+    if "unseen_real" in report:
+        ur = report["unseen_real"]
+        row += [ur["acceptance"], ur["as_real"], (ur.get("real_tau") or {}).get("acceptance")]
+    return row
 
 
 def score_rows(att, split, k: int = 10, sub: int = 3, batch_size: int = 64,  # noqa: ANN001
@@ -124,6 +136,7 @@ def score_rows(att, split, k: int = 10, sub: int = 3, batch_size: int = 64,  # n
 
         rows[f"sub{sub}-d/s"] = [float(metrics.closed_set_accuracy(y_te, pred[:n_te])),
                                  *[auroc(g_all == g) for g in groups], auroc(np.ones(len(s_unk), bool))]
+        rows[f"sub{sub}-d/s"] += [None] * (len(rows["own"]) - len(rows[f"sub{sub}-d/s"]))  # no tau: no UR
     info = {"train": len(y_tr), "test": len(outs.test), "unknown": sum(len(o) for o in outs.groups.values()),
             "own": att.score.describe()}
     return rows, info
@@ -153,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         own_desc = own["name"] + (f" {own['options']}" if own["options"] else "")
         print(f"\n{att.method} {att.opts.backbone} ({run}), {args.split}: {info['train']} train / {info['test']} "
               f"known test / {info['unknown']} unknown test images, own score {own_desc}, {time.time() - t0:.0f} s")
-        cols = ["score", "Acc", *[f"AUROC {g}" for g in groups], "AUROC all"]
+        cols = ["score", "Acc", *[f"AUROC {g}" for g in groups], "AUROC all",
+                *(UR_COLUMNS if sp.unseen_real else ())]
         print("| " + " | ".join(cols) + " |")
         print("|---|" + "---:|" * (len(cols) - 1))
         for name, vals in rows.items():
