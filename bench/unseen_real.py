@@ -71,6 +71,30 @@ def breakdown(pred: np.ndarray, score: np.ndarray, recs: list[dict], real_index:
     return rows
 
 
+def real_rows(att, sp, records: dict[str, dict], tpr: float = 0.95) -> dict:  # noqa: ANN001
+    """Score ``sp``'s validation and real test images with bundle ``att`` and break the real
+    test images down (:func:`breakdown`) at the taus ``osma evaluate`` sets: ``{"tau",
+    "tau_source", "real_tau", "n_real_val", "rows": {name: figures}}``."""
+    from osma.data import REAL
+    from osma.decision import choose_tau
+    from osma.evaluation import predict_samples
+    from osma.metrics import calibrate_threshold
+
+    real_test = [s for s in sp.test if s.label == REAL]
+    missing = [str(s.path) for s in real_test if str(Path(s.path).resolve()) not in records]
+    if missing:
+        raise SystemExit(f"{len(missing)} real test images have no record in real_images.csv, e.g. {missing[0]}")
+    val = predict_samples(att, sp.val)
+    test = predict_samples(att, real_test)
+    tau = float(att.tau) if att.tau is not None else choose_tau(val.score, None, tpr)[0]
+    real_val = val.score[np.array([lab == REAL for lab in val.labels], dtype=bool)]
+    real_tau = float(calibrate_threshold(real_val, tpr))
+    recs = [records[str(Path(p).resolve())] for p in test.paths]
+    rows = breakdown(test.pred, test.score, recs, list(att.classes).index(REAL), tau, real_tau)
+    return {"tau": tau, "tau_source": "model" if att.tau is not None else "val", "real_tau": real_tau,
+            "n_real_val": int(len(real_val)), "rows": dict(rows)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print one table per bundle."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -82,38 +106,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
 
-    from osma.data import REAL, load_split
-    from osma.decision import choose_tau
-    from osma.evaluation import predict_samples
+    from osma.data import load_split
     from osma.methods import load_attributor
-    from osma.metrics import calibrate_threshold
 
     records = real_records(args.zoo)
     sp = load_split(args.zoo / "data_list.yaml", args.split)
-    real_test = [s for s in sp.test if s.label == REAL]
-    missing = [str(s.path) for s in real_test if str(Path(s.path).resolve()) not in records]
-    if missing:
-        raise SystemExit(f"{len(missing)} real test images have no record in real_images.csv, e.g. {missing[0]}")
     out: dict = {}
     for run in args.runs:
         att = load_attributor(run, args.device)
-        val = predict_samples(att, sp.val)
-        test = predict_samples(att, real_test)
-        tau = float(att.tau) if att.tau is not None else choose_tau(val.score, None, args.tpr)[0]
-        real_val = val.score[np.array([lab == REAL for lab in val.labels])]
-        real_tau = float(calibrate_threshold(real_val, args.tpr))
-        recs = [records[str(Path(p).resolve())] for p in test.paths]
-        rows = breakdown(test.pred, test.score, recs, list(att.classes).index(REAL), tau, real_tau)
-        print(f"\n{run} ({att.method}, score {att.score.name}), {args.split}: tau {tau:.4g} "
-              f"({'model' if att.tau is not None else 'val'}), real tau {real_tau:.4g} "
-              f"({len(real_val)} real validation images); real test images in %")
+        r = out[run] = real_rows(att, sp, records, args.tpr)
+        print(f"\n{run} ({att.method}, score {att.score.name}), {args.split}: tau {r['tau']:.4g} "
+              f"({r['tau_source']}), real tau {r['real_tau']:.4g} ({r['n_real_val']} real validation images); "
+              "real test images in %")
         print("| images | n | accepted | as real | accepted @real tau | mean score |")
         print("|---|---:|---:|---:|---:|---:|")
-        for name, f in rows:
+        for name, f in r["rows"].items():
             if f["n"]:
                 print(f"| {name} | {f['n']} | {100 * f['accept']:.1f} | {100 * f['as_real']:.1f} | "
                       f"{100 * f['accept_real_tau']:.1f} | {f['mean_score']:.3g} |")
-        out[run] = {"tau": tau, "real_tau": real_tau, "rows": dict(rows)}
     if args.json:
         args.json.write_text(json.dumps(out, indent=2), encoding="utf-8")
     return 0
