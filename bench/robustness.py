@@ -24,7 +24,8 @@ image, after decoding and before the model's own preprocessing (crop, or the --c
 Printed: one row per perturbation with the closed-set accuracy on the known test images
 and the AUROC of the model's knownness score, known test against each unknown group and
 against all unknowns. The model is not re-calibrated: AUROC needs no threshold.
-``--limit`` keeps the first N images of every list (a quick check).
+``--limit N`` keeps N images of every list, drawn at random (``--seed``) in list order, so
+that a list sorted by class keeps its class mix.
 """
 from __future__ import annotations
 
@@ -115,8 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     att = load_attributor(find_bundle(args.model), args.device)
     att.set_inference(args.crops, args.agg)
     sp = open_data(args.data, args.split, recorded=att.training.folder)
-    lim = slice(None, args.limit)
-    lists = {"known": sp.test[lim], **{g: sp.test_out.get(g, [])[lim] for g in ("seed", "arch", "dataset")}}
+    def limit(samples: list) -> list:
+        if args.limit is None or len(samples) <= args.limit:
+            return list(samples)
+        keep = np.sort(np.random.default_rng(args.seed).choice(len(samples), args.limit, replace=False))
+        return [samples[i] for i in keep]
+
+    lists = {"known": limit(sp.test), **{g: limit(sp.test_out.get(g, [])) for g in ("seed", "arch", "dataset")}}
     index = {c: i for i, c in enumerate(att.classes)}
     # name -> list -> (pred, score); labels of the readable known images
     res: dict[str, dict[str, tuple[list, list]]] = {n: {k: ([], []) for k in lists} for n in names}
