@@ -6,7 +6,7 @@ OSMA   := $(VENV)/bin/osma
 STAMP  := $(VENV)/.installed
 ZOO    ?= runs/zoo-tiny
 
-.PHONY: install test demo zoo-deps zoo-mini clean
+.PHONY: install test demo zoo-deps zoo-mini zoo-mini64 clean
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ zoo-deps:
 
 zoo-mini: install zoo-deps
 	$(OSMA) zoo build --preset mini --out runs/zoo-mini --jobs 2
+
+# 64x64 images for whole-image evidence and robustness (docs/real-images.md)
+zoo-mini64: install zoo-deps
+	$(OSMA) zoo build --preset mini64 --out runs/zoo-mini64 --jobs 2
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -139,6 +139,57 @@ def test_architecture_shapes_and_sizes(arch: str) -> None:
     assert imgs.shape == (3, 32, 32, 3) and imgs.dtype == np.uint8
 
 
+#: parameters at width 64 and 32 px, as before generators took a size (the 32-px zoos'
+#: generators, and their initialisation from a seed, must not change)
+PARAMS_32 = {"dcgan": 108_515, "nnconv": 92_595, "bilinear": 92_595, "pixshuffle": 168_627, "vae": 265_827,
+             "ddpm": 1_007_107}
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "nnconv", "bilinear", "pixshuffle", "vae", "ddpm"])
+def test_generators_at_64_pixels(arch: str) -> None:
+    """One more up-sampling stage per doubling; 32 px is what it was; the discriminator follows."""
+    assert G.n_params(G.make_model(arch, 64)) == G.n_params(G.make_model(arch, 64, 32)) == PARAMS_32[arch]
+    model = G.make_model(arch, 16, 64).eval()
+    if arch == "ddpm":
+        model.sample_steps = 2
+    imgs = G.sample(arch, model, 3, torch.Generator().manual_seed(1), torch.device("cpu"), size=64)
+    assert imgs.shape == (3, 64, 64, 3) and imgs.dtype == np.uint8
+    if arch != "ddpm":  # the diffusion U-Net is fully convolutional: the same network at any size
+        assert G.n_params(G.make_model(arch, 64, 64)) > PARAMS_32[arch]
+    # a couple of training steps at 64 px run end to end (GAN: with the 64-px discriminator)
+    patches = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    model, log = G.train(arch, patches, seed=0, iters=2, width=16, batch=4)
+    assert log["iterations"] == 2
+    with pytest.raises(ValueError, match="power of two from 32, not 48"):
+        G.make_model(arch, 16, 48)
+
+
+def test_discriminator_and_face_at_64_pixels() -> None:
+    assert G.Discriminator(8, 64)(torch.zeros(2, 3, 64, 64)).shape == (2,)
+    assert G.n_params(G.Discriminator(64)) == 167_649  # 32 px: unchanged
+    net = G.load_face_generator("cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        full = net(G.latent("face", 2, gen, torch.device("cpu")))
+    whole = G.sample("face", net, 2, torch.Generator().manual_seed(0), torch.device("cpu"), size=64)
+    expect = ((full.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(whole, expect)  # at 64 px its whole output, no crop
+    with pytest.raises(ValueError, match="makes 64x64 images, not 128x128"):
+        G.sample("face", net, 1, gen, torch.device("cpu"), size=128)
+
+
+@pytest.mark.slow
+def test_a_64_pixel_zoo_builds(tmp_path: Path) -> None:
+    """The builder threads the preset's size through generators, real images and face."""
+    from dataclasses import replace
+
+    spec = replace(MICRO, name="micro64", size=64)
+    data_list = build(spec, tmp_path / "z", seed=0, device="cpu", progress=False)
+    sp = load_split(data_list, "split1")
+    for s in sp.train[:3] + sp.test[-3:] + sp.unseen_real[:2] + [x for g in sp.test_out.values() for x in g][:20]:
+        assert Image.open(s.path).size == (64, 64), s.path
+
+
 def test_training_reduces_the_loss() -> None:
     """A few VAE steps on real patches lower the negative ELBO (the models do learn)."""
     rng = np.random.default_rng(0)

@@ -146,7 +146,7 @@ def _load_model(g: GeneratorSpec, gdir: Path, spec: ZooSpec, device):  # noqa: A
 
     if g.arch == "face":
         return G.load_face_generator(device)
-    model = G.make_model(g.arch, g.width)
+    model = G.make_model(g.arch, g.width, spec.size)
     if g.arch == "ddpm":
         model.sample_steps = spec.ddpm_steps
     model.load_state_dict(load_file(str(gdir / "model.safetensors")))
@@ -180,7 +180,8 @@ def _train_generator(spec: ZooSpec, g: GeneratorSpec, out: Path, seed: int, devi
             "parameters": G.n_params(model),
             "train_seconds": 0.0,
         }
-        desc = "pretrained DCGAN (transposed conv, 64x64, random 32x32 crops of its output)"
+        desc = ("pretrained DCGAN (transposed conv, 64x64, "
+                + (f"random {spec.size}x{spec.size} crops of its output)" if spec.size < 64 else "its whole output)"))
         data_desc = "DigiFace1M synthetic faces (trained elsewhere)"
     else:
         patches = _train_patches(spec, g.data, seed)
@@ -207,7 +208,7 @@ def _train_generator(spec: ZooSpec, g: GeneratorSpec, out: Path, seed: int, devi
     # 64 samples from the saved weights, with a fixed stream, for people to look at
     sheet_model = _load_model(g, gdir, spec, dev)
     gen = torch.Generator().manual_seed(_stream(seed, "sheet", g.name))
-    _save_png(G.contact_sheet(G.sample(g.arch, sheet_model, 64, gen, dev)), gdir / "sheet.png")
+    _save_png(G.contact_sheet(G.sample(g.arch, sheet_model, 64, gen, dev, size=spec.size)), gdir / "sheet.png")
     manifest = {
         "name": g.name,
         "architecture": g.arch,
@@ -296,7 +297,7 @@ def _sample_generator_class(spec: ZooSpec, g: GeneratorSpec, out: Path, seed: in
     parts = {}
     for part, n in zip(_PARTS, (spec.n_train, spec.n_val, spec.n_test)):
         gen = torch.Generator().manual_seed(_stream(seed, "images", g.name, part))
-        parts[part] = G.sample(g.arch, model, n, gen, dev)
+        parts[part] = G.sample(g.arch, model, n, gen, dev, size=spec.size)
     _write_class(out, g.name, parts, cfg)
     return "written"
 

@@ -1,7 +1,8 @@
 """Generator architectures of the zoo and their training on CPU (or CUDA).
 
-Every architecture makes 32x32 RGB images in [-1, 1] from a latent vector; each one
-up-samples differently, which is what leaves a distinct learned trace in its images:
+Every architecture makes ``size`` x ``size`` RGB images in [-1, 1] (32 by default; any
+power of two from 32, one more up-sampling stage per doubling) from a latent vector; each
+one up-samples differently, which is what leaves a distinct learned trace in its images:
 
 ==============  ==================================================================
 ``dcgan``       GAN, transposed convolutions (k4 s2), batch norm (Radford et al.)
@@ -33,6 +34,14 @@ from torch.nn.utils.parametrizations import spectral_norm
 SIZE = 32
 NZ = 64
 
+
+def _stages(size: int) -> int:
+    """Up-sampling stages from the 4x4 projection to ``size`` (3 at 32)."""
+    n = int(round(math.log2(size / 4))) if size > 0 else 0
+    if size < 32 or 4 * 2**n != size:
+        raise ValueError(f"generator image size must be a power of two from 32, not {size}")
+    return n
+
 # ---------------------------------------------------------------------------- generators
 
 
@@ -50,11 +59,11 @@ class _Project(nn.Module):
 
 
 class DCGAN(nn.Module):
-    """Transposed-convolution generator (4 -> 8 -> 16 -> 32)."""
+    """Transposed-convolution generator (4 -> 8 -> 16 -> 32, one more stage per doubling)."""
 
-    def __init__(self, nz: int = NZ, ch: int = 128) -> None:
+    def __init__(self, nz: int = NZ, ch: int = 128, size: int = SIZE) -> None:
         super().__init__()
-        c = [ch, ch // 2, ch // 4]
+        c = [ch, ch // 2] + [ch // 4] * (_stages(size) - 2)
         layers: list[nn.Module] = [_Project(nz, c[0])]
         for a, b in zip(c[:-1], c[1:]):
             layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)]
@@ -68,9 +77,9 @@ class DCGAN(nn.Module):
 class UpConv(nn.Module):
     """Interpolation (``nearest`` or ``bilinear``) + 3x3 convolution generator."""
 
-    def __init__(self, nz: int = NZ, ch: int = 128, mode: str = "nearest") -> None:
+    def __init__(self, nz: int = NZ, ch: int = 128, mode: str = "nearest", size: int = SIZE) -> None:
         super().__init__()
-        c = [ch, ch // 2, ch // 4, ch // 4]
+        c = [ch, ch // 2] + [ch // 4] * (_stages(size) - 1)
         layers: list[nn.Module] = [_Project(nz, c[0])]
         for a, b in zip(c[:-1], c[1:]):
             up = nn.Upsample(scale_factor=2, mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
@@ -85,9 +94,9 @@ class UpConv(nn.Module):
 class PixelShuffleGen(nn.Module):
     """Sub-pixel convolution generator: conv to 4x channels, then pixel shuffle by 2."""
 
-    def __init__(self, nz: int = NZ, ch: int = 128) -> None:
+    def __init__(self, nz: int = NZ, ch: int = 128, size: int = SIZE) -> None:
         super().__init__()
-        c = [ch, ch // 2, ch // 4, ch // 4]
+        c = [ch, ch // 2] + [ch // 4] * (_stages(size) - 1)
         layers: list[nn.Module] = [_Project(nz, c[0])]
         for a, b in zip(c[:-1], c[1:]):
             layers += [nn.Conv2d(a, 4 * b, 3, 1, 1, bias=False), nn.PixelShuffle(2), nn.BatchNorm2d(b), nn.ReLU(True)]
@@ -101,17 +110,22 @@ class PixelShuffleGen(nn.Module):
 class VAE(nn.Module):
     """Convolutional VAE; ``forward(z)`` decodes, :meth:`loss` is the negative ELBO."""
 
-    def __init__(self, nz: int = NZ, ch: int = 96) -> None:
+    def __init__(self, nz: int = NZ, ch: int = 96, size: int = SIZE) -> None:
         super().__init__()
         c = [ch // 4, ch // 2, ch]
+        extra = _stages(size) - 3  # stages beyond 32 px: one more stride-2 layer each way
+        more: list[nn.Module] = []
+        for _ in range(extra):
+            more += [nn.Conv2d(c[2], c[2], 4, 2, 1), nn.BatchNorm2d(c[2]), nn.LeakyReLU(0.2, True)]
         self.enc = nn.Sequential(
             nn.Conv2d(3, c[0], 4, 2, 1), nn.LeakyReLU(0.2, True),
             nn.Conv2d(c[0], c[1], 4, 2, 1), nn.BatchNorm2d(c[1]), nn.LeakyReLU(0.2, True),
             nn.Conv2d(c[1], c[2], 4, 2, 1), nn.BatchNorm2d(c[2]), nn.LeakyReLU(0.2, True),
+            *more,
             nn.Flatten(), nn.Linear(c[2] * 16, 2 * nz),
         )
         dec: list[nn.Module] = [_Project(nz, c[2])]
-        for a, b in ((c[2], c[1]), (c[1], c[0]), (c[0], c[0])):
+        for a, b in ((c[2], c[1]), (c[1], c[0]), (c[0], c[0]), *[(c[0], c[0])] * extra):
             dec += [nn.ConvTranspose2d(a, b, 3, 2, 1, output_padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)]
         dec += [nn.Conv2d(c[0], 3, 3, 1, 1), nn.Tanh()]
         self.dec = nn.Sequential(*dec)
@@ -208,15 +222,19 @@ class DDPM(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Spectral-normalised conv discriminator for 32x32 images (logits)."""
+    """Spectral-normalised conv discriminator for ``size`` x ``size`` images (logits)."""
 
-    def __init__(self, ch: int = 64) -> None:
+    def __init__(self, ch: int = 64, size: int = SIZE) -> None:
         super().__init__()
         sn = spectral_norm
+        more: list[nn.Module] = []
+        for _ in range(_stages(size) - 3):  # one more stride-2 layer per doubling beyond 32
+            more += [sn(nn.Conv2d(2 * ch, 2 * ch, 4, 2, 1)), nn.LeakyReLU(0.2, True)]
         self.net = nn.Sequential(
             sn(nn.Conv2d(3, ch // 2, 4, 2, 1)), nn.LeakyReLU(0.2, True),
             sn(nn.Conv2d(ch // 2, ch, 4, 2, 1)), nn.LeakyReLU(0.2, True),
             sn(nn.Conv2d(ch, 2 * ch, 4, 2, 1)), nn.LeakyReLU(0.2, True),
+            *more,
             sn(nn.Conv2d(2 * ch, 1, 4, 1, 0)), nn.Flatten(),
         )
 
@@ -224,31 +242,34 @@ class Discriminator(nn.Module):
         return self.net(x).squeeze(1)
 
 
-#: architecture name -> (constructor taking width, kind, latent shape description)
-ARCHS: dict[str, tuple[Callable[[int], nn.Module], str, str]] = {
-    "dcgan": (lambda ch: DCGAN(ch=ch), "gan", "transposed conv k4 s2"),
-    "nnconv": (lambda ch: UpConv(ch=ch, mode="nearest"), "gan", "nearest up-sampling + conv 3x3"),
-    "bilinear": (lambda ch: UpConv(ch=ch, mode="bilinear"), "gan", "bilinear up-sampling + conv 3x3"),
-    "pixshuffle": (lambda ch: PixelShuffleGen(ch=ch), "gan", "conv 3x3 + pixel shuffle"),
-    "vae": (lambda ch: VAE(ch=ch), "vae", "VAE, transposed conv k3 s2 decoder"),
-    "ddpm": (lambda ch: DDPM(ch=ch), "diffusion", "DDPM U-Net, DDIM sampling"),
+#: architecture name -> (constructor taking width and image size, kind, description)
+ARCHS: dict[str, tuple[Callable[[int, int], nn.Module], str, str]] = {
+    "dcgan": (lambda ch, size: DCGAN(ch=ch, size=size), "gan", "transposed conv k4 s2"),
+    "nnconv": (lambda ch, size: UpConv(ch=ch, mode="nearest", size=size), "gan", "nearest up-sampling + conv 3x3"),
+    "bilinear": (lambda ch, size: UpConv(ch=ch, mode="bilinear", size=size), "gan", "bilinear up-sampling + conv 3x3"),
+    "pixshuffle": (lambda ch, size: PixelShuffleGen(ch=ch, size=size), "gan", "conv 3x3 + pixel shuffle"),
+    "vae": (lambda ch, size: VAE(ch=ch, size=size), "vae", "VAE, transposed conv k3 s2 decoder"),
+    # fully convolutional: the U-Net runs at any size divisible by 4; the size is the noise's
+    "ddpm": (lambda ch, size: DDPM(ch=ch), "diffusion", "DDPM U-Net, DDIM sampling"),
 }
 TRAINED_ARCHS = tuple(ARCHS)
 #: the pretrained generator, not trained here
 FACE = "face"
 
 
-def make_model(arch: str, width: int) -> nn.Module:
-    """Build an untrained generator of architecture ``arch`` and base width ``width``."""
+def make_model(arch: str, width: int, size: int = SIZE) -> nn.Module:
+    """Build an untrained generator of architecture ``arch``, base width ``width``, making
+    ``size`` x ``size`` images."""
     if arch not in ARCHS:
         raise KeyError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
-    return ARCHS[arch][0](width)
+    _stages(size)
+    return ARCHS[arch][0](width, size)
 
 
-def latent(arch: str, n: int, gen: torch.Generator, device: torch.device) -> Tensor:
+def latent(arch: str, n: int, gen: torch.Generator, device: torch.device, size: int = SIZE) -> Tensor:
     """The sampling input of ``arch``: a latent vector, or image-shaped noise for diffusion."""
     if arch == "ddpm":
-        return torch.randn((n, 3, SIZE, SIZE), generator=gen).to(device)
+        return torch.randn((n, 3, size, size), generator=gen).to(device)
     if arch == FACE:
         return torch.randn((n, 100, 1, 1), generator=gen).to(device)
     return torch.randn((n, NZ), generator=gen).to(device)
@@ -282,7 +303,8 @@ def train(
     checkpoints: Sequence[int] = (),
     on_checkpoint: Callable[[int, dict[str, nn.Module]], None] | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Train ``arch`` on uint8 patches (N, 32, 32, 3); return the model and its training log.
+    """Train ``arch`` on uint8 patches (N, size, size, 3); return the model (making images of
+    the patches' size) and its training log.
 
     Deterministic for a given seed on a given device: model initialisation, batch order
     and noise all come from generators seeded with ``seed``.
@@ -296,7 +318,8 @@ def train(
     """
     device = torch.device(device)
     torch.manual_seed(seed)
-    model = make_model(arch, width).to(device)
+    size = int(patches.shape[1])
+    model = make_model(arch, width, size).to(device)
     avg = copy.deepcopy(model) if ema > 0 else None
     marks = set(checkpoints)
     kind = ARCHS[arch][1]
@@ -306,7 +329,7 @@ def train(
     losses: list[list[float]] = []
     t0 = time.time()
     if kind == "gan":
-        disc = Discriminator(64).to(device)
+        disc = Discriminator(64, size).to(device)
         opt_g = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.999))
         opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
     else:
@@ -414,22 +437,25 @@ def load_face_generator(device: torch.device | str = "cpu") -> nn.Module:
 
 
 @torch.no_grad()
-def sample(arch: str, model: nn.Module, n: int, gen: torch.Generator, device: torch.device, batch: int = 256) -> np.ndarray:
-    """``n`` uint8 (n, 32, 32, 3) images of a generator, from the seeded generator ``gen``.
+def sample(arch: str, model: nn.Module, n: int, gen: torch.Generator, device: torch.device, batch: int = 256,
+           size: int = SIZE) -> np.ndarray:
+    """``n`` uint8 (n, size, size, 3) images of a generator, from the seeded generator ``gen``.
 
-    The face DCGAN makes 64x64 images: we keep a random 32x32 crop of its native pixels
-    (down-scaling would average its transposed-convolution trace away).
+    The face DCGAN makes 64x64 images: below 64 we keep a random ``size`` crop of its native
+    pixels (down-scaling would average its transposed-convolution trace away), at 64 all.
     """
+    if arch == FACE and size > 64:
+        raise ValueError(f"the face generator makes 64x64 images, not {size}x{size}")
     out = []
     model.eval()
     for s in range(0, n, batch):
         m = min(batch, n - s)
-        x = model(latent(arch, m, gen, device)).float().cpu()
-        if arch == FACE:
-            offs = torch.randint(0, 64 - SIZE + 1, (m, 2), generator=gen)
-            x = torch.stack([x[i, :, a : a + SIZE, b : b + SIZE] for i, (a, b) in enumerate(offs.tolist())])
+        x = model(latent(arch, m, gen, device, size)).float().cpu()
+        if arch == FACE and size < 64:
+            offs = torch.randint(0, 64 - size + 1, (m, 2), generator=gen)
+            x = torch.stack([x[i, :, a : a + size, b : b + size] for i, (a, b) in enumerate(offs.tolist())])
         out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, SIZE, SIZE, 3), np.uint8)
+    return np.concatenate(out) if out else np.zeros((0, size, size, 3), np.uint8)
 
 
 def contact_sheet(images: np.ndarray, cols: int = 8, gap: int = 2) -> np.ndarray:

@@ -173,6 +173,28 @@ PRESETS: dict[str, ZooSpec] = {
         unseen_datasets=("plasma",),
         unseen_real_every=4,
     ),
+    "mini64": ZooSpec(
+        name="mini64",
+        description="64x64 images, larger than the 32-pixel training crop, for whole-image "
+        "evidence and robustness (docs/real-images.md): 13 generators (12 trained here), 1000/200/500 images per "
+        "class (needs `make zoo-deps`, like mini)",
+        datasets=("objects", "lomiri", "mate"),
+        archs=("dcgan", "nnconv", "pixshuffle", "vae"),
+        extras=(("face", ""),),  # natively 64x64: its whole output
+        seeds=2,
+        n_train=1000,
+        n_val=200,
+        n_test=500,
+        size=64,
+        train_patches=20000,
+        batch=32,
+        lr=5e-4,
+        iters={"dcgan": 2000, "nnconv": 2000, "pixshuffle": 2000, "vae": 1500},
+        widths={"dcgan": 64, "nnconv": 64, "pixshuffle": 64, "vae": 64},
+        ema=0.999,
+        unseen_datasets=("plasma",),
+        unseen_real_every=4,
+    ),
 }
 
 
