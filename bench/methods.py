@@ -80,13 +80,14 @@ COLUMNS: list[tuple[str, tuple[str, ...], bool]] = [
     ("UR accept", ("unseen_real", "acceptance"), True),
     ("UR as real", ("unseen_real", "as_real"), True),
     ("UR accept @real tau", ("unseen_real", "real_tau", "acceptance"), True),
+    ("CRR @real tau", ("unseen_real", "real_tau", "crr"), True),
     ("s/epoch", ("bench", "seconds_per_epoch"), False),
     ("img/s", ("timing", "images_per_second"), False),
 ]
 
 
 #: columns shown only when some report has them (a split with unseen real test images)
-OPTIONAL_COLUMNS: frozenset[str] = frozenset({"UR accept", "UR as real", "UR accept @real tau"})
+OPTIONAL_COLUMNS: frozenset[str] = frozenset({"UR accept", "UR as real", "UR accept @real tau", "CRR @real tau"})
 
 
 def _get(d: dict, path: tuple[str, ...]) -> float | None:

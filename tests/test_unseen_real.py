@@ -17,7 +17,7 @@ from conftest import POSE_ANNOTATIONS
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from osma import evaluation, images
+from osma import evaluation, images, metrics
 from osma.cli import app
 from osma.data import (DataFormatError, Sample, load_folder, load_split, open_data, open_folder, split_hash,
                        write_benchmark)
@@ -256,6 +256,18 @@ def test_report_unseen_real_by_hand(hand_split: SimpleNamespace, tmp_path: Path)
     assert rt["tau"] == pytest.approx(0.8) and rt["n_val_real"] == 2
     assert (rt["acceptance"], rt["as_real"]) == (pytest.approx(1 / 4), pytest.approx(1 / 4))
     assert rt["seen_real_acceptance"] == pytest.approx(1 / 3)
+    # and what it costs elsewhere: the known test images accepted at 0.80 (r0 .90, g0 .80, u0 .95
+    # of 9 readable), aF1 / CRR as metrics.fang_scores gives them at that tau
+    assert rt["known_acceptance"] == pytest.approx(3 / 9)
+    y_true = [R] * 3 + [G] * 2 + [R] * 4
+    known_pred = [v[0] for v in [*SEEN.values(), *FAKE.values(), *UNSEEN.values()]]
+    known_score = [v[1] / 100 for v in [*SEEN.values(), *FAKE.values(), *UNSEEN.values()]]
+    unk = [v for t in OUT.values() for v in t.values()]
+    af1, crr = metrics.fang_scores(np.array(known_pred), np.array(y_true), np.array(known_score),
+                                   np.array([v[0] for v in unk]), np.array([v[1] / 100 for v in unk]),
+                                   tau=0.8, n_classes=2)
+    assert (rt["af1"], rt["crr"]) == (pytest.approx(af1), pytest.approx(crr))
+    assert rt["crr"] == 1.0  # every unknown test image (.30 .62 .70 .10) is below 0.80
     assert "real class's own tau = 0.8 (2 real validation images): accepted **25.0%**" in md
 
     # a stored tau takes precedence: all four accepted at 0.50, three as real, seen real all

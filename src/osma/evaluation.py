@@ -248,7 +248,7 @@ def evaluate(
     tau), ``clustering.{nmi,purity,ari,accuracy,n_clusters,k}``,
     ``unknown_classes.<name>.{group,n,most_given,most_given_fraction,mean_score,rejected_fraction}``,
     ``unseen_real.{n,acceptance,as_real,tau,tau_source,seen_real_acceptance,n_seen_real,auroc.<group|all>,
-    real_tau.{tau,n_val_real,acceptance,as_real,seen_real_acceptance}}``
+    real_tau.{tau,n_val_real,acceptance,as_real,seen_real_acceptance,known_acceptance,af1,crr}}``
     (only when ``split.unseen_real`` is not empty: docs/evaluation.md),
     ``counts``, ``timing``, ``failed``. Metric values are fractions in [0, 1] (None when a
     group has no images). ``outputs``: the split already embedded by this network
@@ -323,6 +323,9 @@ def evaluate(
     if getattr(split, "unseen_real", None):
         t_ur, src_ur = (float(attributor.tau), "model") if attributor.tau is not None else (tau, tau_source)
         report["unseen_real"] = _unseen_real(split, val, test, groups, unknown_all, index, t_ur, src_ur, tpr)
+        if (rt := report["unseen_real"]["real_tau"]) is not None:  # what that threshold costs elsewhere
+            at = at_tau(rt["tau"], "real")
+            rt.update(known_acceptance=at["known_acceptance"], af1=at["af1"], crr=at["crr"])
 
     # clustering of known + unknown test embeddings at the true number of classes
     cl_labels = test.labels + unknown_all.labels
