@@ -237,6 +237,14 @@ def test_calibrate_model(fake_bundle: Path, tmp_path: Path) -> None:
     m.save()
     assert osma.load(fake_bundle).tau == pytest.approx(res["tau"])
 
+    # --on-source: tau from one source's images only; the figures still cover all of them
+    ref = calibrate_model(m, [k for k in known if k[1] == KNOWN[0]], [], target_tpr=0.9)
+    res = calibrate_model(m, known, [], target_tpr=0.9, on_sources=[KNOWN[0]])
+    assert res["tau"] == ref["tau"] and res["on_sources"] == [KNOWN[0]] and res["on_acceptance"] >= 0.9
+    assert res["n_known"] == len(known) and f"images of {KNOWN[0]} only" in res["criterion"]
+    with pytest.raises(ValueError, match="--on-source nope: not a source"):
+        calibrate_model(m, known, [], on_sources=["nope"])
+
 
 def test_expand_paths(tmp_path: Path) -> None:
     files = make_colour_images(tmp_path / "a", ["red", "blue"], 2)

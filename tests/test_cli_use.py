@@ -146,6 +146,12 @@ def test_calibrate(setup: dict) -> None:
     assert r.exit_code == 0, r.output
     assert "Youden" in r.output and "expected unknown rejection: 100.0%" in r.output
     assert "expected known acceptance: 100.0%" in r.output
+    r = invoke("calibrate", setup["bundle"], "--data", data, "--split", "split1", "--on-source", KNOWN[1],
+               "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert f"expected acceptance of {KNOWN[1]}: 100.0%" in r.output and f"images of {KNOWN[1]} only" in r.output
+    r = invoke("calibrate", setup["bundle"], "--data", data, "--split", "split1", "--on-source", "nope")
+    assert r.exit_code == 2 and "--on-source nope: not a source" in r.output
     r = invoke("calibrate", setup["bundle"], "--data", data, "--split", "nosuch")
     assert r.exit_code == 2 and "nosuch" in r.output
     assert len(unk["yellow"]) == 10

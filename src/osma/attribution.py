@@ -589,12 +589,21 @@ def calibrate_model(
     unknown: Sequence[str] = (),
     target_tpr: float = 0.95,
     batch_size: int = 64,
+    on_sources: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Set ``model.tau`` from known (path, source) and unknown validation images.
 
+    ``on_sources``: choose tau from the known images of these sources only (e.g. ``real``:
+    accept ``target_tpr`` of real photos however the generators score); the expected
+    figures are still over every known image, plus ``on_acceptance`` over those sources.
     Returns tau, the criterion, the previous tau, and the expected known acceptance, correct
     attribution rate of accepted-or-not known images, and unknown rejection at the new tau.
     """
+    on = list(dict.fromkeys(on_sources))
+    missing = [n for n in on if n not in model.sources]
+    if missing:
+        raise ValueError(f"--on-source {', '.join(missing)}: not a source of the model "
+                         f"(its sources: {', '.join(model.sources)})")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rk = model.attribute([p for p, _ in known], tau=-math.inf, batch_size=batch_size)
@@ -606,7 +615,12 @@ def calibrate_model(
         raise ValueError("none of the known validation images could be read" + (f": {errors[0]}" if errors else ""))
     ks = np.array([r.score for r, _ in ok_k])
     us = np.array([r.score for r in ok_u])
-    tau, criterion = choose_tau(ks, us if unknown else None, target_tpr)
+    sel = np.array([lab in on for _, lab in ok_k], dtype=bool) if on else np.ones(len(ok_k), dtype=bool)
+    if not sel.any():
+        raise ValueError(f"no readable validation images of {', '.join(on)} to calibrate on")
+    tau, criterion = choose_tau(ks[sel], us if unknown else None, target_tpr)
+    if on:
+        criterion += f" (known: the {int(sel.sum())} images of {', '.join(on)} only)"
     previous = model.tau
     model.tau = tau
     return {
@@ -618,5 +632,7 @@ def calibrate_model(
         "known_acceptance": float(np.mean(accept(ks, tau))),
         "known_accuracy": float(np.mean([r.nearest == lab and bool(accept(r.score, tau)) for r, lab in ok_k])),
         "unknown_rejection": float(np.mean(~accept(us, tau))) if len(us) else None,
+        "on_sources": on,
+        "on_acceptance": float(np.mean(accept(ks[sel], tau))) if on else None,
         "errors": errors,
     }

@@ -380,11 +380,14 @@ def calibrate(
     unseen_real: Optional[list[str]] = UNSEEN_REAL,
     crops: Optional[int] = CROPS,
     agg: Optional[str] = AGG,
+    on_source: Optional[list[str]] = typer.Option(None, "--on-source", help="Calibrate on the validation images of this known source only (repeatable), e.g. real: accept --target-tpr of real photos."),
 ) -> None:
     """Choose the threshold tau and store it in the bundle's model.json.
 
     Without --unknown-val: the largest tau that accepts at least --target-tpr of the known
     validation images. With it: the tau maximising Youden's J = TPR - FPR (known = positive).
+    --on-source real: the known images are the real ones only, so that --target-tpr of real
+    photos are accepted (falsely calling a real photo synthetic is the costly error).
     --crops / --agg are stored with tau: attribute, serve and evaluate then use them by default.
     """
     from osma.attribution import calibrate_model, expand_paths
@@ -403,7 +406,7 @@ def calibrate(
         typer.echo("error: --unknown-val matched no images", err=True)
         raise typer.Exit(2)
     try:
-        res = calibrate_model(m, known, unknown, target_tpr=target_tpr)
+        res = calibrate_model(m, known, unknown, target_tpr=target_tpr, on_sources=on_source or ())
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -411,6 +414,8 @@ def calibrate(
     typer.echo(f"tau = {res['tau']:.6g}  (was {_fmt(res['previous_tau']) or 'not set'})")
     typer.echo(f"known validation images: {res['n_known']}  expected known acceptance: {res['known_acceptance']:.1%}"
                f"  correct attribution: {res['known_accuracy']:.1%}")
+    if res["on_sources"]:
+        typer.echo(f"expected acceptance of {', '.join(res['on_sources'])}: {res['on_acceptance']:.1%}")
     if res["unknown_rejection"] is not None:
         typer.echo(f"unknown validation images: {res['n_unknown']}  expected unknown rejection: {res['unknown_rejection']:.1%}")
     else:
