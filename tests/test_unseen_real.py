@@ -343,3 +343,51 @@ def test_train_and_evaluate_folder_with_unseen_real(micro_zoo: Path, tmp_path: P
     assert ur["n"] == 6 and ur["tau_source"] == "val"
     assert ur["acceptance"] == pytest.approx(ok.mean())
     assert ur["as_real"] == pytest.approx((ok & (np.asarray(p.pred) == 0)).mean())
+
+
+def test_bench_breakdown_by_hand() -> None:
+    """bench/unseen_real.py's rows: seen / unseen x pipeline / JPEG / collection, at both taus."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "unseen_real.py"
+    spec = importlib.util.spec_from_file_location("bench_unseen_real", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    recs = [{"unseen": u, "pipeline": p, "jpeg": j, "collection": c} for u, p, j, c in [
+        ("False", "box", "", "a"), ("False", "native", "90", "a"),
+        ("True", "box", "", "b"), ("True", "box", "75", "a"), ("True", "native", "", "b")]]
+    pred = np.array([0, 1, 0, 1, 0])
+    score = np.array([0.9, 0.6, 0.4, 0.7, 0.55])
+    rows = dict(bench.breakdown(pred, score, recs, real_index=0, tau=0.6, real_tau=0.5))
+    assert rows["seen: all"] == {"n": 2, "accept": 1.0, "as_real": 0.5, "accept_real_tau": 1.0,
+                                 "mean_score": pytest.approx(0.75)}
+    u = rows["unseen: all"]  # .4 rejected at .6 and at .5; .7 accepted but predicted 1; .55 only at .5
+    assert (u["n"], u["accept"], u["as_real"], u["accept_real_tau"]) == (3, pytest.approx(1 / 3), 0.0,
+                                                                         pytest.approx(2 / 3))
+    assert rows["unseen: box"]["n"] == 2 and rows["unseen: box"]["accept_real_tau"] == 0.5
+    assert rows["unseen: JPEG"]["n"] == 1 and rows["unseen: no JPEG"]["n"] == 2
+    assert rows["unseen: b"]["accept"] == 0.0 and rows["seen: b"] == {"n": 0}
+
+
+def test_bench_real_class_variant_keeps_only_the_named_real_images(micro_zoo: Path, tmp_path: Path) -> None:
+    """bench/real_class.py's training set: the zoo's split, its real training images filtered."""
+    import importlib.util
+    import sys
+
+    bench_dir = Path(__file__).resolve().parents[1] / "bench"
+    spec = importlib.util.spec_from_file_location("bench_real_class", bench_dir / "real_class.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_real_class", bench)
+    spec.loader.exec_module(bench)
+    zoo = micro_zoo.parent
+    full = load_split(micro_zoo, "split1")
+    ann = (zoo / "dataset" / "split1_train" / "annotations" / "split1_train.txt").read_text().splitlines()
+    real_lines = [ln.split("\t")[0] for ln in ann if ln.split("\t")[1] == "0"]
+    keep = set(real_lines[::3])
+    sp = load_split(bench.make_variant(zoo, "split1", tmp_path / "v", keep), "split1")
+    assert sum(s.label == "real" for s in sp.train) == len(keep) < sum(s.label == "real" for s in full.train)
+    def same(a: list, b: list) -> bool:  # the variant reaches the zoo's images through a link
+        return [(Path(s.path).resolve(), s.label) for s in a] == [(Path(s.path).resolve(), s.label) for s in b]
+
+    assert same([s for s in sp.train if s.label != "real"], [s for s in full.train if s.label != "real"])
+    assert same(sp.val, full.val) and same(sp.test, full.test) and same(sp.unseen_real, full.unseen_real)
