@@ -10,18 +10,21 @@
 # `--option score=knn`, which `--score knn` replaces (the same training and score). Step 5's
 # bench/scores.py output (mini-v2/mini_scores.txt) predates the scores registry: the script
 # now prints the registered scores (its knn is per class; cent-d is gone, see its docstring).
+# Steps 1 and 7 were run on v4 (issue 19) as `ZOO=runs/zoo-mini-v4/data_list.yaml
+# OUT=runs/bench-mini-v4 bash bench/mini_suite.sh 1 7` (bench/results/mini-v4/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 ZOO=${ZOO:-runs/zoo-mini/data_list.yaml}
+OUT=${OUT:-runs/bench-mini}  # step 1's runs (step 7 reuses them)
 COMMON=(--epochs 6 --option batches_per_epoch=20 --no-plots)
-STEPS=${*:-1 2 3 4 5 6}
+STEPS=${*:-1 2 3 4 5 6 7}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 
 # 1. every method on every split (metric's MISLNet epochs are cheap: 30 of them)
 if want 1; then
 $PY bench/methods.py "$ZOO" --splits split1,split2,split3,split4,split5 "${COMMON[@]}" \
-    --method-epochs metric=30 --out runs/bench-mini
+    --method-epochs metric=30 --out "$OUT"
 fi
 
 # 2. the diversity loss: longer training (12 epochs, more augmentation models) and a 100x
@@ -97,4 +100,20 @@ $PY bench/methods.py "$ZOO" "${ALL[@]}" metric "${COMMON[@]}" --epochs 30 "${BES
     --out runs/bench-mini-metric-best-knn
 $PY bench/methods.py "$ZOO" "${ALL[@]}" metric "${COMMON[@]}" --epochs 30 "${BEST[@]}" --out runs/bench-mini-metric-best
 $PY bench/methods.py "$ZOO" "${ALL[@]}" softmax "${COMMON[@]}" --epochs 30 --out runs/bench-mini-len30
+fi
+
+# 7. unseen real photos (issue 19), split1, one factor at a time: the threshold and the
+#    photos vs the pipelines (bench/unseen_real.py on step 1's runs), the score, JPEG
+#    augmentation (softmax / pose with it, metric without its default), the breadth of the
+#    real class (narrow = box down-scaling without JPEG vs broad, same count)
+if want 7; then
+ZOODIR=$(dirname "$ZOO")
+$PY bench/unseen_real.py "$ZOODIR" "$OUT"/runs/split1/{softmax,pose,metric} --json "$OUT/unseen_real_split1.json"
+$PY bench/scores.py "$ZOO" "$OUT"/runs/split1/{softmax,pose,metric} --split split1 --sub 1
+$PY bench/methods.py "$ZOO" --splits split1 --methods softmax,pose "${COMMON[@]}" --option augment=jpeg \
+    --out "$OUT-jpeg"
+$PY bench/methods.py "$ZOO" --splits split1 --methods metric "${COMMON[@]}" --epochs 30 --option augment=none \
+    --out "$OUT-nojpeg"
+$PY bench/real_class.py "$ZOODIR" --split split1 --methods softmax,pose --epochs 6 --option batches_per_epoch=20 \
+    --out "$OUT-real-class"
 fi
