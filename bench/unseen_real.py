@@ -9,13 +9,15 @@ pipeline that made it (``native`` crop, or down-scaling with ``box`` / ``bilinea
 ``bicubic`` / ``lanczos``), the scale factor, the JPEG quality (empty: none) and whether its
 photo is held out of training (``unseen``: the unseen real group, docs/zoo.md).
 
-For each trained bundle RUN the split's validation and known test images are scored once
-(:func:`osma.evaluation.predict_samples`), and the thresholds are set as ``osma evaluate``
-sets them: the global tau (``--tpr`` of all known validation images, or the bundle's stored
-tau when it has one) and the real class's own tau (``--tpr`` of the real validation images).
-The real **test** images are then split by seen / unseen photo and by pipeline, by JPEG,
-and by collection, with per row: n, accepted at tau, accepted and attributed to ``real``
-at tau, accepted at the real tau, mean score.
+For each trained bundle RUN the split's evaluation images are embedded once
+(:func:`osma.evaluation.embed_split`, as ``osma evaluate`` does), and the thresholds are set
+as ``osma evaluate`` sets them: the global tau (``--tpr`` of all known validation images, or
+the bundle's stored tau when it has one) and the real class's own tau (``--tpr`` of the real
+validation images). The real **test** images are then split by seen / unseen photo and by
+pipeline, by JPEG, and by collection, with per row: n, accepted at tau, accepted and
+attributed to ``real`` at tau, accepted at the real tau, mean score. A second table compares
+three threshold rules (:func:`threshold_rules`: global, real, one tau per known class) on
+what each costs: known acceptance, CRR, and unknown images accepted as real.
 
 Reading: a gap between the seen and unseen rows of the same pipeline is the photos never
 seen (content); a gap between pipelines within the seen (or the unseen) rows is the
@@ -29,6 +31,7 @@ import csv
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -71,28 +74,70 @@ def breakdown(pred: np.ndarray, score: np.ndarray, recs: list[dict], real_index:
     return rows
 
 
-def real_rows(att, sp, records: dict[str, dict], tpr: float = 0.95) -> dict:  # noqa: ANN001
-    """Score ``sp``'s validation and real test images with bundle ``att`` and break the real
-    test images down (:func:`breakdown`) at the taus ``osma evaluate`` sets: ``{"tau",
-    "tau_source", "real_tau", "n_real_val", "rows": {name: figures}}``."""
+def threshold_rules(val, test, unknown, classes: list[str], ur_mask: np.ndarray, tau: float,  # noqa: ANN001
+                    tpr: float = 0.95) -> dict[str, dict]:
+    """Three ways to threshold one trained model, side by side (``val``/``test``/``unknown``:
+    :class:`osma.evaluation.Outputs`; ``ur_mask``: the unseen real images among ``test``):
+
+    - ``global``: ``tau`` (``tpr`` of all known validation images, or the model's);
+    - ``real``: ``tpr`` of the real validation images (``osma calibrate --on-source real``);
+    - ``per-class``: a tau per known class, ``tpr`` of its validation images, applied to
+      the predicted class (accept when ``score >= tau[pred]``).
+
+    Per rule: acceptance of the seen and the unseen real test images, unseen real accepted
+    as real, known test acceptance, CRR (unknown test images rejected) and the unknown test
+    images accepted *as real* (a synthetic image passed off as a photo)."""
     from osma.data import REAL
-    from osma.decision import choose_tau
-    from osma.evaluation import predict_samples
     from osma.metrics import calibrate_threshold
 
-    real_test = [s for s in sp.test if s.label == REAL]
-    missing = [str(s.path) for s in real_test if str(Path(s.path).resolve()) not in records]
+    real = classes.index(REAL)
+    vlab = np.array([classes.index(c) for c in val.labels])
+    per_class = np.array([calibrate_threshold(val.score[vlab == c], tpr) if (vlab == c).any() else -np.inf
+                          for c in range(len(classes))])
+    is_real = np.array([c == REAL for c in test.labels], dtype=bool)
+    rules = {"global": np.full(len(classes), tau), "real": np.full(len(classes), per_class[real]),
+             "per-class": per_class}
+    out = {}
+    for name, t in rules.items():
+        acc_k = test.score >= t[test.pred]
+        acc_u = unknown.score >= t[unknown.pred]
+        out[name] = {"tau_real": float(t[real]), "seen_real": float(acc_k[is_real & ~ur_mask].mean()),
+                     "unseen_real": float(acc_k[ur_mask].mean()) if ur_mask.any() else None,
+                     "unseen_real_as_real": float((acc_k & (test.pred == real))[ur_mask].mean()) if ur_mask.any() else None,
+                     "known": float(acc_k.mean()), "crr": float((~acc_u).mean()) if len(acc_u) else None,
+                     "unknown_as_real": float((acc_u & (unknown.pred == real)).mean()) if len(acc_u) else None}
+    return out
+
+
+def real_rows(att, sp, records: dict[str, dict], tpr: float = 0.95) -> dict:  # noqa: ANN001
+    """Embed ``sp``'s evaluation images once with bundle ``att``; break the real test images
+    down (:func:`breakdown`) at the taus ``osma evaluate`` sets and compare the threshold
+    rules (:func:`threshold_rules`): ``{"tau", "tau_source", "real_tau", "n_real_val",
+    "rows": {name: figures}, "rules": {rule: figures}}``."""
+    from osma.data import REAL, UNKNOWN_GROUPS
+    from osma.decision import choose_tau
+    from osma.evaluation import embed_split
+
+    outs = embed_split(att, sp)
+    val, test = outs.val, outs.test
+    is_real = np.array([lab == REAL for lab in test.labels], dtype=bool)
+    real_paths = [p for p, r in zip(test.paths, is_real) if r]
+    missing = [p for p in real_paths if str(Path(p).resolve()) not in records]
     if missing:
         raise SystemExit(f"{len(missing)} real test images have no record in real_images.csv, e.g. {missing[0]}")
-    val = predict_samples(att, sp.val)
-    test = predict_samples(att, real_test)
     tau = float(att.tau) if att.tau is not None else choose_tau(val.score, None, tpr)[0]
-    real_val = val.score[np.array([lab == REAL for lab in val.labels], dtype=bool)]
-    real_tau = float(calibrate_threshold(real_val, tpr))
-    recs = [records[str(Path(p).resolve())] for p in test.paths]
-    rows = breakdown(test.pred, test.score, recs, list(att.classes).index(REAL), tau, real_tau)
+    recs = [records[str(Path(p).resolve())] for p in real_paths]
+    classes = list(att.classes)
+    parts = [outs.groups[g] for g in UNKNOWN_GROUPS]
+    unknown = SimpleNamespace(pred=np.concatenate([o.pred for o in parts]), score=np.concatenate([o.score for o in parts]))
+    rules = threshold_rules(val, test, unknown, classes,
+                            np.array([r and records[str(Path(p).resolve())]["unseen"] == "True"
+                                      for p, r in zip(test.paths, is_real)], dtype=bool), tau, tpr)
+    real_tau = rules["real"]["tau_real"]
+    rows = breakdown(test.pred[is_real], test.score[is_real], recs, classes.index(REAL), tau, real_tau)
+    n_real_val = int(sum(lab == REAL for lab in val.labels))
     return {"tau": tau, "tau_source": "model" if att.tau is not None else "val", "real_tau": real_tau,
-            "n_real_val": int(len(real_val)), "rows": dict(rows)}
+            "n_real_val": n_real_val, "rows": dict(rows), "rules": rules}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
             if f["n"]:
                 print(f"| {name} | {f['n']} | {100 * f['accept']:.1f} | {100 * f['as_real']:.1f} | "
                       f"{100 * f['accept_real_tau']:.1f} | {f['mean_score']:.3g} |")
+        print("\nthreshold rules (%): seen real / unseen real accepted, unseen real as real, known test "
+              "accepted, CRR, unknown test images accepted as real")
+        print("| rule | tau of real | seen real | unseen real | unseen real as real | known | CRR | unknown as real |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for name, f in r["rules"].items():
+            cells = [f[k] for k in ("seen_real", "unseen_real", "unseen_real_as_real", "known", "crr", "unknown_as_real")]
+            print(f"| {name} | {f['tau_real']:.4g} | " + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in cells)
+                  + " |")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2), encoding="utf-8")
     return 0

@@ -391,3 +391,32 @@ def test_bench_real_class_variant_keeps_only_the_named_real_images(micro_zoo: Pa
 
     assert same([s for s in sp.train if s.label != "real"], [s for s in full.train if s.label != "real"])
     assert same(sp.val, full.val) and same(sp.test, full.test) and same(sp.unseen_real, full.unseen_real)
+
+
+def test_bench_threshold_rules_by_hand() -> None:
+    """bench/unseen_real.py's threshold rules: global, the real class's, one per class."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "unseen_real.py"
+    spec = importlib.util.spec_from_file_location("bench_unseen_real_rules", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def outs(labels: list[str], pred: list[int], score: list[float]) -> SimpleNamespace:
+        return SimpleNamespace(labels=labels, pred=np.array(pred), score=np.array(score))
+
+    # validation: real .2 .4 (tau at 95%: .2), g .8 .9 (.8)
+    val = outs(["real", "real", "g", "g"], [0, 0, 1, 1], [0.2, 0.4, 0.8, 0.9])
+    # test: seen real .5, unseen real .3 (as real) and .85 (as g), g .9
+    test = outs(["real", "real", "real", "g"], [0, 0, 1, 1], [0.5, 0.3, 0.85, 0.9])
+    ur = np.array([False, True, True, False])
+    unknown = outs(["x", "x"], [0, 1], [0.25, 0.5])  # one predicted real, one g
+    r = bench.threshold_rules(val, test, unknown, ["real", "g"], ur, tau=0.4)
+    g, re, pc = r["global"], r["real"], r["per-class"]
+    assert (g["seen_real"], g["unseen_real"], g["unseen_real_as_real"], g["known"], g["crr"]) == (1.0, 0.5, 0.0, 0.75, 0.5)
+    assert g["unknown_as_real"] == 0.0 and g["tau_real"] == 0.4
+    assert (re["unseen_real"], re["unseen_real_as_real"], re["known"], re["crr"], re["unknown_as_real"]) == (
+        1.0, 0.5, 1.0, 0.0, 0.5)  # tau .2: everything passes, the unknown .25 as real
+    # per class: real at .2, g at .8: unknown .25 (real) accepted, .5 (g) rejected
+    assert (pc["unseen_real"], pc["unseen_real_as_real"], pc["known"], pc["crr"], pc["unknown_as_real"]) == (
+        1.0, 0.5, 1.0, 0.5, 0.5)
