@@ -49,6 +49,8 @@ def breakdown(pred: np.ndarray, score: np.ndarray, recs: list[dict], real_index:
               real_tau: float) -> list[tuple[str, dict]]:
     """Rows (name, figures) over the real test images: by seen/unseen x pipeline, x JPEG,
     by collection and in all. ``recs`` are the images' csv rows, aligned with ``pred``/``score``."""
+    from osma.decision import accept
+
     unseen = np.array([r["unseen"] == "True" for r in recs])
     pipe = np.array([r["pipeline"] for r in recs])
     jpeg = np.array([r["jpeg"] != "" for r in recs])
@@ -57,10 +59,10 @@ def breakdown(pred: np.ndarray, score: np.ndarray, recs: list[dict], real_index:
     def figures(m: np.ndarray) -> dict:
         if not m.any():
             return {"n": 0}
-        acc = score[m] >= tau
+        acc = accept(score[m], tau)
         return {"n": int(m.sum()), "accept": float(acc.mean()),
                 "as_real": float((acc & (pred[m] == real_index)).mean()),
-                "accept_real_tau": float((score[m] >= real_tau).mean()), "mean_score": float(score[m].mean())}
+                "accept_real_tau": float(accept(score[m], real_tau).mean()), "mean_score": float(score[m].mean())}
 
     rows: list[tuple[str, dict]] = []
     for who, w in (("seen", ~unseen), ("unseen", unseen)):
@@ -98,7 +100,7 @@ def threshold_rules(val, test, unknown, classes: list[str], ur_mask: np.ndarray,
     rules = {"global": np.full(len(classes), tau), "real": np.full(len(classes), per_class[real]),
              "per-class": per_class}
     out = {}
-    for name, t in rules.items():
+    for name, t in rules.items():  # osma.decision.accept's rule, with the tau of each image's class
         acc_k = test.score >= t[test.pred]
         acc_u = unknown.score >= t[unknown.pred]
         out[name] = {"tau_real": float(t[real]), "seen_real": float(acc_k[is_real & ~ur_mask].mean()),
@@ -127,12 +129,12 @@ def real_rows(att, sp, records: dict[str, dict], tpr: float = 0.95) -> dict:  # 
         raise SystemExit(f"{len(missing)} real test images have no record in real_images.csv, e.g. {missing[0]}")
     tau = float(att.tau) if att.tau is not None else choose_tau(val.score, None, tpr)[0]
     recs = [records[str(Path(p).resolve())] for p in real_paths]
+    ur_mask = np.zeros(len(test.labels), dtype=bool)
+    ur_mask[is_real] = [r["unseen"] == "True" for r in recs]
     classes = list(att.classes)
     parts = [outs.groups[g] for g in UNKNOWN_GROUPS]
     unknown = SimpleNamespace(pred=np.concatenate([o.pred for o in parts]), score=np.concatenate([o.score for o in parts]))
-    rules = threshold_rules(val, test, unknown, classes,
-                            np.array([r and records[str(Path(p).resolve())]["unseen"] == "True"
-                                      for p, r in zip(test.paths, is_real)], dtype=bool), tau, tpr)
+    rules = threshold_rules(val, test, unknown, classes, ur_mask, tau, tpr)
     real_tau = rules["real"]["tau_real"]
     rows = breakdown(test.pred[is_real], test.score[is_real], recs, classes.index(REAL), tau, real_tau)
     n_real_val = int(sum(lab == REAL for lab in val.labels))

@@ -208,7 +208,7 @@ def _unseen_real(split, val: Outputs, test: Outputs, groups: dict[str, Outputs],
            "tau_source": tau_source, "seen_real_acceptance": acceptance(seen, tau), "n_seen_real": int(len(seen)),
            "auroc": auroc, "real_tau": None}
     # the threshold a user who cares about real photos would set: tpr of the *real* validation images
-    val_real = val.score[np.array([lab == REAL for lab in val.labels], dtype=bool)] if len(val) else np.zeros(0)
+    val_real = val.score[np.array([lab == REAL for lab in val.labels], dtype=bool)]
     if len(val_real):
         t = float(calibrate_threshold(val_real, tpr))
         out["real_tau"] = {"tau": t, "n_val_real": int(len(val_real)), "acceptance": acceptance(ur, t),
