@@ -294,3 +294,26 @@ def test_multi_crop_on_the_server_path_and_in_bf16() -> None:
     p16, n16 = att.predict_patches(stacks)  # the server's path, in bf16 too
     assert n16.tolist() == [4, 1, 4]
     np.testing.assert_allclose(p16.embedding, e16, rtol=1e-6, atol=1e-6)
+
+
+def test_bench_crops_summary_by_hand() -> None:
+    """bench/crops.py: mean and population std over splits per (method, crops, agg)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_crops", Path(__file__).resolve().parents[1] / "bench" / "crops.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def row(split: str, agg: str, acc: float, a_all: float | None) -> dict:
+        return {"method": "pose", "split": split, "crops": 4, "agg": agg, "crops_per_img": 4.0, "acc": acc,
+                "auroc_seed": 60.0, "auroc_arch": 70.0, "auroc_dataset": None, "auroc_all": a_all}
+
+    s = bench.summarize([row("split1", "mean", 90.0, 80.0), row("split1", "vote", 50.0, None),
+                         row("split2", "mean", 94.0, 70.0)])
+    assert [(c["agg"], c["n"]) for c in s] == [("mean", 2), ("vote", 1)]
+    assert s[0]["acc"] == {"mean": 92.0, "std": 2.0} and s[0]["auroc_all"] == {"mean": 75.0, "std": 5.0}
+    assert s[0]["auroc_dataset"] is None and s[1]["auroc_all"] is None
+    md = bench.summary_markdown(s)
+    assert "| pose | 4 | mean | 4.00 | 2 | 92.0 ± 2.0 | 60.0 ± 0.0 | 70.0 ± 0.0 | - | 75.0 ± 5.0 |" in md
+    assert "| pose | 4 | vote | 4.00 | 1 | 50.0 | 60.0 | 70.0 | - | - |" in md
