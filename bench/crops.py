@@ -6,6 +6,7 @@ crops per image and each aggregation of the crops (:mod:`osma.crops`).
         [--limit N] [--json OUT.json]
     PYTHONPATH=src .venv/bin/python bench/crops.py DATA --runs-root OUT --splits split1,split2,split3
         --methods pose,metric [...]
+    PYTHONPATH=src .venv/bin/python bench/crops.py --from-json OUT.json   (reprint the tables)
 
 The second form evaluates the runs of a bench/methods.py output (``OUT/runs/<split>/<method>``)
 and adds a table of mean ± std over the splits per method, crop count and aggregation.
@@ -92,6 +93,25 @@ def summary_markdown(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def paired(rows: list[dict]) -> list[str]:
+    """Split by split, each multi-crop setting minus the same model's one centre crop
+    (accuracy and AUROC all, points), and on how many models it is higher."""
+    base = {(r["method"], r["split"]): r for r in rows if r["crops"] == 1 and r["agg"] == "mean"}
+    lines = []
+    for c in summarize([r for r in rows if r["crops"] > 1]):
+        d = {k: [] for k in ("acc", "auroc_all")}
+        for r in rows:
+            b = base.get((r["method"], r["split"]))
+            if (r["method"], r["crops"], r["agg"]) == (c["method"], c["crops"], c["agg"]) and b:
+                for k in d:
+                    if r[k] is not None and b[k] is not None:
+                        d[k].append(r[k] - b[k])
+        lines.append(f"{c['method']} crops={c['crops']} {c['agg']}: " + "; ".join(
+            f"{k} " + " ".join(f"{v:+.1f}" for v in vs) + f" (higher on {sum(v > 0 for v in vs)} of {len(vs)})"
+            for k, vs in d.items()))
+    return lines
+
+
 def measure(run: str, data: str, split: str, crops: list[int], aggs: list[str], *, device: str = "auto",
             batch_size: int = 64, limit: int | None = None, method: str | None = None) -> list[dict]:
     """One row per (crop count, aggregation) for one bundle on one split: accuracy and AUROC
@@ -128,7 +148,7 @@ def measure(run: str, data: str, split: str, crops: list[int], aggs: list[str], 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("paths", nargs="+", metavar="RUN... DATA")
+    ap.add_argument("paths", nargs="*", metavar="RUN... DATA")
     ap.add_argument("--split", default="split1", help="the split of every RUN given (ignored with --runs-root)")
     ap.add_argument("--runs-root", type=Path, default=None,
                     help="a bench/methods.py output: evaluate ROOT/runs/<split>/<method> for --splits x --methods")
@@ -140,7 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None, help="write every row and the summary here")
+    ap.add_argument("--from-json", type=Path, default=None, help="print the tables of an earlier --json; measure nothing")
     args = ap.parse_args(argv)
+    if args.from_json:
+        rows = json.loads(args.from_json.read_text())["rows"]
+        print(summary_markdown(summarize(rows)) + "\n\nSplit by split, minus one centre crop (points):\n")
+        print("\n".join(paired(rows)))
+        return 0
     from osma.crops import check_aggregation, parse_crops
 
     if args.runs_root is not None:
@@ -170,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     if len({r["split"] for r in rows}) > 1:
         print("\nMean ± std over splits:\n")
         print(summary_markdown(summary))
+        print("\nSplit by split, minus one centre crop (points):\n")
+        print("\n".join(paired(rows)))
     if args.json:
         args.json.write_text(json.dumps({"data": data, "rows": rows, "summary": summary}, indent=1) + "\n")
         print(f"written to {args.json}")

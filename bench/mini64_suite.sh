@@ -28,11 +28,11 @@ PYTHONPATH=src $PY bench/crops.py "$ZOO" --runs-root "$OUT" --splits "$SPLITS" -
     --crops 1,4 --agg mean,mean_score,vote,max --json "$RES/crops.json" | tee "$RES/crops.md"
 fi
 
-# 3. robustness of split1's POSE and metric, one crop and four
+# 3. robustness of split1's POSE and metric, one crop and four (500 random images of every list)
 if want 3; then
 for m in pose metric; do
     for n in 1 4; do
-        PYTHONPATH=src $PY bench/robustness.py "$OUT/runs/split1/$m" "$ZOO" --split split1 --crops "$n" \
+        PYTHONPATH=src $PY bench/robustness.py "$OUT/runs/split1/$m" "$ZOO" --split split1 --crops "$n" --limit 500 \
             | tee "$RES/robustness_split1_${m}_crops$n.txt"
     done
 done

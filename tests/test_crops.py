@@ -2,6 +2,8 @@
 outputs, and the multi-crop path of a trained model (issue 15, item 2)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -147,6 +149,8 @@ def test_model_multi_crop(tmp_path) -> None:  # noqa: ANN001
     rng = np.random.default_rng(0)
     att.fit_score(rng.normal(size=(10, 8)).astype(np.float32), np.arange(10) % 2)
     imgs = [rng.integers(0, 256, (40, 50, 3), dtype=np.uint8), rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)]
+    assert (att.crops, att.crop_agg) == (4, "mean")  # a new model's default (DEFAULT_CROPS, measured)
+    att.set_inference(crops=1)
     emb1 = att.embed_arrays(imgs)
     p1, n1 = att.predict_images(imgs)
     assert n1.tolist() == [1, 1]
@@ -169,6 +173,17 @@ def test_model_multi_crop(tmp_path) -> None:  # noqa: ANN001
 
     back = load_attributor(tmp_path, "cpu")
     assert (back.crops, back.crop_agg) == (4, "mean")
+    assert json.loads((tmp_path / "model.json").read_text())["inference"] == {"crops": 4, "agg": "mean"}
+    # one crop is saved without the key, and a bundle without it (one written before the
+    # multi-crop default) loads with one crop: its tau was chosen with the centre crop
+    att.set_inference(crops=1, agg="vote")
+    att.save(tmp_path / "one")
+    assert "inference" not in json.loads((tmp_path / "one" / "model.json").read_text())
+    assert load_attributor(tmp_path / "one", "cpu").crops == 1
+    doc = json.loads((tmp_path / "model.json").read_text())
+    del doc["inference"]
+    (tmp_path / "model.json").write_text(json.dumps(doc))
+    assert (load_attributor(tmp_path, "cpu").crops, load_attributor(tmp_path, "cpu").crop_agg) == (1, "mean")
     with pytest.raises(ValueError, match="unknown crop aggregation"):
         att.set_inference(agg="median")
 
@@ -317,3 +332,6 @@ def test_bench_crops_summary_by_hand() -> None:
     md = bench.summary_markdown(s)
     assert "| pose | 4 | mean | 4.00 | 2 | 92.0 ± 2.0 | 60.0 ± 0.0 | 70.0 ± 0.0 | - | 75.0 ± 5.0 |" in md
     assert "| pose | 4 | vote | 4.00 | 1 | 50.0 | 60.0 | 70.0 | - | - |" in md
+    one = [{**row(sp, "mean", a, u), "crops": 1} for sp, a, u in (("split1", 91.0, 78.0), ("split2", 95.0, 71.0))]
+    lines = bench.paired(one + [row("split1", "mean", 90.0, 80.0), row("split2", "mean", 94.0, 70.0)])
+    assert lines == ["pose crops=4 mean: acc -1.0 -1.0 (higher on 0 of 2); auroc_all +2.0 -1.0 (higher on 1 of 2)"]

@@ -86,7 +86,7 @@ Limits against slow, oversized and concurrent clients (:func:`serve`, ``osma ser
   with the old decoder), i.e. about 2 GB in all. Four 16-bit 4096 x 4096 uploads at
   once cost two decodes at a time, not four. The crops waiting for a batch are
   crop-sized (13 MB at crop 32, 200 MB at crop 128 for the defaults with one crop per
-  image; ``crops`` times that with ``--crops``); an attributor without ``crop_patches``
+  image; ``crops`` times that with ``--crops``, 4 for a new model's default on large images); an attributor without ``crop_patches``
   (test doubles) keeps whole decoded groups instead.
 """
 from __future__ import annotations

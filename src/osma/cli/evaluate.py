@@ -38,7 +38,7 @@ def evaluate(
     test_fraction: Optional[float] = TEST_FRACTION,
     split_seed: Optional[int] = SPLIT_SEED,
     unseen_real: Optional[list[str]] = UNSEEN_REAL,
-    crops: Optional[int] = typer.Option(None, "--crops", min=1, help="Crops per image (see `osma attribute --help`; default: the bundle's, else 1)."),
+    crops: Optional[int] = typer.Option(None, "--crops", min=1, help="Crops per image (see `osma attribute --help`; default: the bundle's; 4 for a new model, 1 for a bundle without the setting)."),
     agg: Optional[str] = typer.Option(None, "--agg", help="Aggregation of the crops: mean, mean_score, vote or max (default: the bundle's, else mean)."),
 ) -> None:
     """Evaluate a trained model on a split: closed-set, open-set, aF1/CRR, clustering, plots.

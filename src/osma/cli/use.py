@@ -21,7 +21,8 @@ FORMATS = ("table", "jsonl", "csv")
 
 CROPS = typer.Option(
     None, "--crops", min=1, help="Crops per image: a grid of at most N non-overlapping crops spread over the image, "
-    "each embedded, aggregated by --agg (default: the bundle's setting, else 1 = the centre crop).")
+    "each embedded, aggregated by --agg (default: the bundle's setting; a new model's is 4, a bundle saved "
+    "without one uses 1 = the centre crop).")
 AGG = typer.Option(None, "--agg", help="Aggregation of the crops: mean (embeddings and logits, then the score), "
                    "mean_score, vote or max (the most confident crop); default: the bundle's, else mean.")
 PRECISION_HELP = "auto, fp32 or bf16 inference (auto: bf16 only where measured equal, see docs/speed.md)."

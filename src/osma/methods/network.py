@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from osma.crops import DEFAULT_AGGREGATION, DEFAULT_CROPS, LEGACY_INFERENCE
 from osma.images.transforms import DEFAULT_RESIZE_FILTER, RESIZE_FILTERS
 from osma.methods.base import Attributor, Prediction
 from osma.names import check_source_name
@@ -137,7 +138,7 @@ class NetworkMethod(Attributor):
         self.score: Score = create_score(score or self.default_score, score_options)
         self.training = TrainingRecord()
         #: inference: crops per image (1 = the centre crop) and their aggregation (osma.crops)
-        self.crops, self.crop_agg = 1, "mean"
+        self.crops, self.crop_agg = DEFAULT_CROPS, DEFAULT_AGGREGATION
         self.device = resolve_device(device)
         #: inference precision of the embedding network, "fp32" or "bf16" (:meth:`set_precision`)
         self.precision = "fp32"
@@ -539,7 +540,7 @@ class NetworkMethod(Attributor):
         obj.classes = list(doc["classes"])
         obj.tau = None if doc.get("tau") is None else float(doc["tau"])
         obj.enrolled = {str(k): int(v) for k, v in (doc.get("enrolled") or {}).items()}
-        inf = doc.get("inference") or {}
+        inf = doc.get("inference") or LEGACY_INFERENCE  # no key: saved with one crop
         try:
             obj.set_inference(inf.get("crops"), inf.get("agg"))
         except (ValueError, TypeError, AttributeError) as exc:
