@@ -4,7 +4,8 @@
 # (6 epochs of 20 balanced batches, metric 30), one process per (split, method) so that one
 # failing method cannot stop the others; resumable (finished runs are skipped).
 #   bash bench/baselines_mini.sh [SPLITS] [OUT]     e.g. bash bench/baselines_mini.sh split1,split2
-# The table (mean ± std over the splits done) is printed and written to OUT/table.md|json.
+# The table (mean ± std over the splits done) is printed and written to OUT/table.md|json;
+# the robustness of every method on the first split goes to OUT/robustness/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -27,3 +28,14 @@ for m in ${METHODS//,/ }; do
   [ $ok = 1 ] && done_methods+=("$m")
 done
 $PY bench/methods.py "$ZOO" --splits "$SPLITS" --methods "$(IFS=,; echo "${done_methods[*]}")" "${COMMON[@]}"
+# robustness (issue 15) of every method trained on the first split, 1,500 random images per
+# list (as docs/real-images.md on mini v4); a post-hoc score has no run of its own: skipped
+first=${SPLITS%%,*}
+mkdir -p "$OUT/robustness"
+for m in ${METHODS//,/ }; do
+  run="$OUT/runs/$first/$m"; res="$OUT/robustness/$first-$m.txt"
+  if [ -f "$run/model.json" ] && [ ! -s "$res" ]; then
+    PYTHONPATH=src $PY bench/robustness.py "$run" "$ZOO" --split "$first" --limit 1500 > "$res" 2>&1 \
+      || echo "FAILED: robustness $m (see $res)" >&2
+  fi
+done
