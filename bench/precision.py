@@ -1,7 +1,7 @@
 """Does bfloat16 inference decide like fp32? The measurement behind ``--precision auto``.
 
     .venv/bin/python bench/precision.py RUN [RUN ...] DATA_LIST.yaml [--split split1]
-        [--device auto] [--batch-size 64] [--json OUT.json]
+        [--device auto] [--batch-size 64] [--json OUT.json] [--limit N] [--seed 0]
 
 For every bundle (a run or bundle directory), the split's validation, known test and
 unknown test images are embedded and scored twice through the one inference path
@@ -86,6 +86,24 @@ def measure(run: str, split, device: str = "auto", batch_size: int = 64) -> dict
     }
 
 
+def limit_split(split, n: int | None, seed: int = 0):  # noqa: ANN001, ANN201 - osma.data.Split
+    """The split with at most ``n`` images of every evaluated list (val, test, each unknown
+    group), drawn at random (``seed``) and kept in list order, so a list sorted by class keeps
+    its class mix (bf16 is slow where it is emulated: ~25x fp32 on a CPU without it)."""
+    from dataclasses import replace
+
+    def pick(samples: list) -> list:
+        if n is None or len(samples) <= n:
+            return list(samples)
+        keep = np.sort(np.random.default_rng(seed).choice(len(samples), n, replace=False))
+        return [samples[i] for i in keep]
+
+    test = pick(split.test)
+    kept = {id(s) for s in test}
+    return replace(split, val=pick(split.val), test=test, test_out={g: pick(v) for g, v in split.test_out.items()},
+                   unseen_real=[s for s in split.unseen_real if id(s) in kept])
+
+
 def _f(x: float | None, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
@@ -98,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
+    ap.add_argument("--limit", type=int, default=None,
+                    help="N images of every list (val, test, each unknown group), drawn at random in list order")
+    ap.add_argument("--seed", type=int, default=0, help="of the --limit draw")
     args = ap.parse_args(argv)
     if len(args.paths) < 2:
         ap.error("give at least one RUN and the DATA_LIST.yaml")
@@ -105,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from osma.data import load_split
 
-    split = load_split(data, args.split)
+    split = limit_split(load_split(data, args.split), args.limit, args.seed)
     rows = []
     print(f"{'run':<40} {'method':<10} {'images':>6} {'agree %':>8} {'AUROC fp32':>10} {'AUROC bf16':>10} "
           f"{'d pts':>6} {'cos min':>8} {'bf16 x':>6} pass")

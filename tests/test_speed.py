@@ -282,3 +282,25 @@ def test_pose_reuses_f_x_without_changing_l_a() -> None:
         assert torch.equal(given[k], fresh[k]), k
     assert all(torch.equal(a, b) for a, b in zip(*grads))  # the same pull on A_t
     assert f_x.grad_fn is not None and all(p.grad is None for p in m.backbone.parameters())
+
+
+def test_precision_bench_limit_keeps_order_and_unseen_real(micro_zoo: Path) -> None:
+    """bench/precision.py --limit: at most N of every list, a random subset in list order;
+    the unseen real images kept are those of the kept test images."""
+    import importlib.util
+
+    from osma.data import load_split
+
+    spec = importlib.util.spec_from_file_location("bench_precision", Path(__file__).resolve().parents[1] / "bench" / "precision.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    sp = load_split(micro_zoo, "split1")
+    lim = bench.limit_split(sp, 5, seed=0)
+    for full, part in [(sp.val, lim.val), (sp.test, lim.test), *[(sp.test_out[g], lim.test_out[g]) for g in sp.test_out]]:
+        assert len(part) == min(5, len(full))
+        idx = [full.index(s) for s in part]
+        assert idx == sorted(idx)  # list order kept
+    assert [sp.test_out["arch"].index(s) for s in lim.test_out["arch"]] != [0, 1, 2, 3, 4]  # drawn, not the first N
+    assert all(s in lim.test for s in lim.unseen_real)
+    assert lim.unseen_real == [s for s in sp.unseen_real if s in lim.test]
+    assert bench.limit_split(sp, None).test == sp.test
