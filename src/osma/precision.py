@@ -10,8 +10,9 @@ thresholds always see float32 embeddings. ``auto`` picks ``bf16`` only where bot
    (``bench/precision.py`` on ``mini``) to decide like fp32 on at least 99.5% of a split's
    test images with AUROC within 0.2 points (issue 17).
 
-Otherwise ``auto`` is ``fp32``. :data:`BF16_MEASURED` is empty until that measurement is
-run: the lead fills it from the bench results (docs/speed.md), so today ``auto`` means fp32.
+Otherwise ``auto`` is ``fp32``. :data:`BF16_MEASURED` is empty: on ``mini`` v4 split1 no
+method passed on every bundle (0.4-1.5% of the decisions changed; docs/speed.md, Results),
+so ``auto`` means fp32.
 """
 from __future__ import annotations
 
