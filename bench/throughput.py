@@ -1,7 +1,7 @@
 """Throughput of osma on this machine, side by side in one run (issue 17).
 
     .venv/bin/python bench/throughput.py [--quick] [--crops 32,64,128] [--device cpu]
-        [--seconds 3] [--json OUT.json]
+        [--seconds 3] [--precisions fp32,bf16] [--json OUT.json]
 
 Rows, each with a ratio to its reference and the peak resident memory of the process
 that ran it (``ru_maxrss`` from ``os.wait4``; a process's peak so far when it ran several
@@ -62,7 +62,7 @@ def sec_matmul(p: dict[str, Any]) -> list[dict[str, Any]]:
 
     n, rows = int(p["n"]), []
     dev = torch.device(p["device"])
-    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for name, dt in [(n, d) for n, d in (("fp32", torch.float32), ("bf16", torch.bfloat16)) if n in p["precisions"]]:
         a, b = torch.randn(n, n, device=dev, dtype=dt), torch.randn(n, n, device=dev, dtype=dt)
         sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
         calls, secs = _timed(lambda: (a @ b, sync()), p["seconds"])  # noqa: B023
@@ -89,7 +89,7 @@ def sec_forward(p: dict[str, Any]) -> list[dict[str, Any]]:
 
     rows = []
     batch = np.random.default_rng(0).integers(0, 256, (int(p["batch"]), p["crop"], p["crop"], 3), dtype=np.uint8)
-    for prec in ("fp32", "bf16"):
+    for prec in p["precisions"]:
         m = _model(p["crop"], p["device"], prec)
         m.train_mode(False)
         x = m.input_tensor(batch)
@@ -126,7 +126,7 @@ def sec_attribute(p: dict[str, Any]) -> list[dict[str, Any]]:
     for fmt in ("PNG", "JPEG"):
         folder = tmp / f"{fmt.lower()}{p['crop']}"
         _write_images(folder, int(p["images"]), p["crop"], fmt)
-        for prec in ("fp32", "bf16"):
+        for prec in p["precisions"]:
             out = tmp / f"out_{fmt}_{prec}_{p['crop']}.jsonl"
             out.unlink(missing_ok=True)
             t0 = time.perf_counter()
@@ -301,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seconds", type=float, default=None, help="time per measurement (default 3; --quick 0.3)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--precisions", default="fp32,bf16",
+                    help="of the matmul, forward and attribute rows (bf16 where it is emulated takes long and says nothing)")
     ap.add_argument("--section", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--params", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -313,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     secs = args.seconds if args.seconds is not None else (0.3 if q else 3.0)
     clients = [1, 10, 50]
     dev = args.device
+    precs = [x for x in ("fp32", "bf16") if x in args.precisions.split(",")]
     rows: list[dict[str, Any]] = []
 
     def add(new: list[dict[str, Any]], peak: float | None, several: bool = False) -> None:
@@ -325,14 +328,16 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="osma-throughput-") as t:
         tmp = Path(t)
-        new, peak = run_section("matmul", {"n": 256 if q else 2048, "device": dev, "seconds": secs})
+        new, peak = run_section("matmul", {"n": 256 if q else 2048, "device": dev, "seconds": secs, "precisions": precs})
         add(new, peak, True)
         for crop in crops:
-            new, peak = run_section("forward", {"crop": crop, "batch": 32 if q else 256, "device": dev, "seconds": secs})
+            new, peak = run_section("forward", {"crop": crop, "batch": 32 if q else 256, "device": dev, "seconds": secs,
+                                                    "precisions": precs})
             add(new, peak, True)
             run_section("bundle", {"crop": crop, "tmp": str(tmp)})
             n_img = 64 if q else max(256, 7680 * 32 * 32 // (crop * crop))
-            new, peak = run_section("attribute", {"crop": crop, "images": n_img, "device": dev, "tmp": str(tmp)})
+            new, peak = run_section("attribute", {"crop": crop, "images": n_img, "device": dev, "tmp": str(tmp),
+                                                      "precisions": precs})
             add(new, peak, True)
             for batching in (False, True):
                 add(run_server(tmp, crop, batching, clients, secs * (2 if q else 3), dev), None)
