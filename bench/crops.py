@@ -97,19 +97,18 @@ def paired(rows: list[dict]) -> list[str]:
     """Split by split, each multi-crop setting minus the same model's one centre crop
     (accuracy and AUROC all, points), and on how many models it is higher."""
     base = {(r["method"], r["split"]): r for r in rows if r["crops"] == 1 and r["agg"] == "mean"}
-    lines = []
-    for c in summarize([r for r in rows if r["crops"] > 1]):
-        d = {k: [] for k in ("acc", "auroc_all")}
-        for r in rows:
-            b = base.get((r["method"], r["split"]))
-            if (r["method"], r["crops"], r["agg"]) == (c["method"], c["crops"], c["agg"]) and b:
-                for k in d:
-                    if r[k] is not None and b[k] is not None:
-                        d[k].append(r[k] - b[k])
-        lines.append(f"{c['method']} crops={c['crops']} {c['agg']}: " + "; ".join(
-            f"{k} " + " ".join(f"{v:+.1f}" for v in vs) + f" (higher on {sum(v > 0 for v in vs)} of {len(vs)})"
-            for k, vs in d.items()))
-    return lines
+    diffs: dict[tuple, dict[str, list[float]]] = {}  # (method, crops, agg) -> column -> per split
+    for r in rows:
+        if r["crops"] == 1:
+            continue
+        d = diffs.setdefault((r["method"], r["crops"], r["agg"]), {"acc": [], "auroc_all": []})
+        b = base.get((r["method"], r["split"]))
+        for k in d:
+            if b and r[k] is not None and b[k] is not None:
+                d[k].append(r[k] - b[k])
+    return [f"{m} crops={n} {a}: " + "; ".join(
+        f"{k} " + " ".join(f"{v:+.1f}" for v in vs) + f" (higher on {sum(v > 0 for v in vs)} of {len(vs)})"
+        for k, vs in d.items()) for (m, n, a), d in diffs.items()]
 
 
 def measure(run: str, data: str, split: str, crops: list[int], aggs: list[str], *, device: str = "auto",

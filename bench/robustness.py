@@ -115,14 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown perturbation(s) {bad}; known: {', '.join(pert)}")
     att = load_attributor(find_bundle(args.model), args.device)
     att.set_inference(args.crops, args.agg)
-    sp = open_data(args.data, args.split, recorded=att.training.folder)
-    def limit(samples: list) -> list:
-        if args.limit is None or len(samples) <= args.limit:
-            return list(samples)
-        keep = np.sort(np.random.default_rng(args.seed).choice(len(samples), args.limit, replace=False))
-        return [samples[i] for i in keep]
+    from precision import limit_split  # bench/precision.py: the same --limit draw
 
-    lists = {"known": limit(sp.test), **{g: limit(sp.test_out.get(g, [])) for g in ("seed", "arch", "dataset")}}
+    sp = limit_split(open_data(args.data, args.split, recorded=att.training.folder), args.limit, args.seed)
+    lists = {"known": sp.test, **{g: sp.test_out.get(g, []) for g in ("seed", "arch", "dataset")}}
     index = {c: i for i, c in enumerate(att.classes)}
     # name -> list -> (pred, score); labels of the readable known images
     res: dict[str, dict[str, tuple[list, list]]] = {n: {k: ([], []) for k in lists} for n in names}

@@ -62,7 +62,9 @@ def sec_matmul(p: dict[str, Any]) -> list[dict[str, Any]]:
 
     n, rows = int(p["n"]), []
     dev = torch.device(p["device"])
-    for name, dt in [(n, d) for n, d in (("fp32", torch.float32), ("bf16", torch.bfloat16)) if n in p["precisions"]]:
+    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if name not in p["precisions"]:
+            continue
         a, b = torch.randn(n, n, device=dev, dtype=dt), torch.randn(n, n, device=dev, dtype=dt)
         sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
         calls, secs = _timed(lambda: (a @ b, sync()), p["seconds"])  # noqa: B023

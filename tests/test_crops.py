@@ -183,7 +183,8 @@ def test_model_multi_crop(tmp_path) -> None:  # noqa: ANN001
     doc = json.loads((tmp_path / "model.json").read_text())
     del doc["inference"]
     (tmp_path / "model.json").write_text(json.dumps(doc))
-    assert (load_attributor(tmp_path, "cpu").crops, load_attributor(tmp_path, "cpu").crop_agg) == (1, "mean")
+    legacy = load_attributor(tmp_path, "cpu")
+    assert (legacy.crops, legacy.crop_agg) == (1, "mean")
     with pytest.raises(ValueError, match="unknown crop aggregation"):
         att.set_inference(agg="median")
 
