@@ -1,13 +1,17 @@
-"""POSE's training step, this checkout's against another revision's, interleaved in one process.
+"""POSE's training step: variants timed side by side, interleaved in one process.
 
-    .venv/bin/python bench/pose_step.py [--ref main] [--crop 32] [--steps 10] [--batch 32]
+    .venv/bin/python bench/pose_step.py [--ref REV] [--forwards separate,shared,concat]
+        [--crop 32] [--steps 10] [--batch 32]
 
-The other revision's ``src/osma/methods/pose.py`` (``git show REF:...``) is loaded as a
-separate class next to this checkout's; both start from the same weights (seed 0) with two
-earlier augmentation models (the full step: the diversity and the earlier-model triplet
-terms) and run ``train_step`` on the same batch, alternately (old, new, new, old, ...), so
-that the machine's load hits both alike. Prints ms per step and the ratio old / new, and
-whether the two steps' losses were equal (they must be: issue 17's change keeps them).
+Contestants: another revision's ``src/osma/methods/pose.py`` (``--ref``, loaded with ``git
+show REV:...`` as a separate class) and this checkout's step with each ``forwards`` option
+(issue 17: ``separate`` = 5 network passes a step, ``shared`` and ``concat`` = 3). All start
+from the same weights (seed 0) with two earlier augmentation models (the full step: the
+diversity and the earlier-model triplet terms) and run ``train_step`` on the same batch in
+turn, the order rotating every step, so that the machine's load hits all alike. Prints ms
+per step and the ratio of the first contestant's time to each one's (> 1: faster), and, with
+``--ref``, whether the revision's losses equal this checkout's ``separate`` (a refactoring
+must keep them).
 """
 from __future__ import annotations
 
@@ -32,9 +36,10 @@ def _load_other(ref: str):  # noqa: ANN202 - the other revision's PoseMethod cla
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Time both steps and print the comparison."""
+    """Time the contestants and print the comparison."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ref", default="main")
+    ap.add_argument("--ref", default=None, help="another revision to compare with (e.g. main)")
+    ap.add_argument("--forwards", default="separate", help="comma-separated forwards options of this checkout")
     ap.add_argument("--crop", type=int, default=32)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=32)
@@ -43,12 +48,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from osma.methods.pose import PoseMethod
+    from osma.methods.pose import FORWARDS, PoseMethod
     from osma.trainer import StepContext
 
-    def make(cls):  # noqa: ANN001, ANN202
+    forwards = args.forwards.split(",")
+    if set(forwards) - set(FORWARDS):
+        ap.error(f"--forwards: choose from {','.join(FORWARDS)}")
+
+    def make(cls, options: dict):  # noqa: ANN001, ANN202
         torch.manual_seed(0)
-        m = cls(["a", "b", "c", "d"], preprocess={"crop": args.crop}, options={"workers": 0}, device=args.device)
+        m = cls(["a", "b", "c", "d"], preprocess={"crop": args.crop}, options={"workers": 0, **options},
+                device=args.device)
         m._grow(2)
         opts = m.optimizers()
         ctx = StepContext(1, opts, m.schedulers(opts))
@@ -57,25 +67,32 @@ def main(argv: list[str] | None = None) -> int:
         m.begin_epoch(ctx)
         return m, ctx
 
-    models = {"old": make(_load_other(args.ref)), "new": make(PoseMethod)}
+    models = {}
+    if args.ref:
+        models[args.ref] = make(_load_other(args.ref), {})
+    for f in forwards:
+        models[f"this {f}"] = make(PoseMethod, {"forwards": f})
+    names = list(models)
     g = torch.Generator().manual_seed(2)
     x = (torch.rand(args.batch, 3, args.crop, args.crop, generator=g) * 2 - 1).to(args.device)
     y = (torch.arange(args.batch) % 4).to(args.device)
-    total = {"old": 0.0, "new": 0.0}
-    losses: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
+    total = dict.fromkeys(names, 0.0)
+    losses: dict[str, list[dict[str, float]]] = {k: [] for k in names}
     for i in range(args.steps + 1):
-        for k in (("old", "new") if i % 2 == 0 else ("new", "old")):
+        for k in names[i % len(names):] + names[:i % len(names)]:
             m, ctx = models[k]
-            torch.manual_seed(100 + i)  # the same random draws (earlier-model choice) in both
+            torch.manual_seed(100 + i)  # the same random draws (earlier-model choice) in all
             t0 = time.perf_counter()
             losses[k].append(m.train_step(ctx, x, y))
             if i:  # the first step is a warm-up
                 total[k] += time.perf_counter() - t0
-    same = losses["old"] == losses["new"]
-    print(f"POSE train_step, crop {args.crop}, batch {args.batch}, {args.steps} steps each ({args.ref} vs this "
-          f"checkout): {args.ref} {1000 * total['old'] / args.steps:.0f} ms/step, this "
-          f"{1000 * total['new'] / args.steps:.0f} ms/step, ratio {total['old'] / total['new']:.2f}; "
-          f"losses {'identical' if same else 'DIFFER'}")
+    print(f"POSE train_step, crop {args.crop}, batch {args.batch}, {args.steps} steps each, interleaved:")
+    for k in names:
+        print(f"  {k:<16} {1000 * total[k] / args.steps:7.0f} ms/step   ratio {total[names[0]] / total[k]:.2f}")
+    same = True
+    if args.ref and "separate" in forwards:
+        same = losses[args.ref] == losses["this separate"]
+        print(f"  losses of {args.ref} and this separate: {'identical' if same else 'DIFFER'}")
     return 0 if same else 1
 
 

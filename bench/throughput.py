@@ -21,7 +21,12 @@ rows, noted ``*``):
   PNG fp32 at that crop, i.e. the share of the offline rate the server reaches).
 * ``train``: softmax, pose and metric training, images/s of the second epoch (the
   trainer's own epoch time, train_log.jsonl) on synthetic crop-sized images, 4 classes, 8
-  per class per batch; reference: softmax at that crop.
+  per class per batch; reference: softmax at that crop. POSE also with
+  ``forwards=shared`` and ``concat`` (3 network passes a step instead of 5), whose
+  reference is POSE's default at that crop.
+
+``--sections train,forward`` runs only those (``matmul``, ``forward``, ``attribute``,
+``server``, ``train``; a ratio whose reference was not run is left out).
 
 ``--quick`` runs everything at a tiny size (crop 32, few images, short windows) to check
 that the script works; its numbers mean nothing. Every row runs in a fresh process, one
@@ -216,15 +221,18 @@ def sec_train(p: dict[str, Any]) -> list[dict[str, Any]]:
         spec = {"split1": {"known_classes": CLASSES,
                            "unknown_classes": {"seed": ["u_seed"], "arch": ["u_arch"], "dataset": ["u_dataset"]}}}
         write_benchmark(root, spec, {"split1": pairs})
-    out = root / f"run_{p['method']}"
+    options = p.get("options", {})
+    label = p["method"] + "".join(f" {k}={v}" for k, v in options.items())
+    out = root / f"run_{label.replace(' ', '_')}"
     train(data, "split1", p["method"], out, epochs=2, device=p["device"], seed=0, progress=False, crop=p["crop"],
-          per_class=8, batches_per_epoch=p["batches"], workers=0, precise_bn=False)
+          per_class=8, batches_per_epoch=p["batches"], workers=0, precise_bn=False, **options)
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     last = log[-1]
-    return [{"what": f"train {p['method']}", "crop": p["crop"], "precision": "fp32",
+    return [{"what": f"train {label}", "crop": p["crop"], "precision": "fp32",
              "value": last["batches"] * 8 * len(CLASSES) / last["seconds"], "unit": "img/s"}]
 
 
+ALL_SECTIONS = ("matmul", "forward", "attribute", "server", "train")
 SECTIONS = {"matmul": sec_matmul, "forward": sec_forward, "attribute": sec_attribute, "bundle": sec_bundle,
             "loadgen": sec_loadgen, "train": sec_train}
 
@@ -305,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--precisions", default="fp32,bf16",
                     help="of the matmul, forward and attribute rows (bf16 where it is emulated takes long and says nothing)")
+    ap.add_argument("--sections", default=",".join(ALL_SECTIONS), help="comma-separated, from " + ",".join(ALL_SECTIONS))
     ap.add_argument("--section", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--params", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -318,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     clients = [1, 10, 50]
     dev = args.device
     precs = [x for x in ("fp32", "bf16") if x in args.precisions.split(",")]
+    todo = set(args.sections.split(","))
+    if todo - set(ALL_SECTIONS):
+        ap.error(f"unknown sections {sorted(todo - set(ALL_SECTIONS))}; choose from {','.join(ALL_SECTIONS)}")
     rows: list[dict[str, Any]] = []
 
     def add(new: list[dict[str, Any]], peak: float | None, several: bool = False) -> None:
@@ -330,23 +342,33 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="osma-throughput-") as t:
         tmp = Path(t)
-        new, peak = run_section("matmul", {"n": 256 if q else 2048, "device": dev, "seconds": secs, "precisions": precs})
-        add(new, peak, True)
+        if "matmul" in todo:
+            new, peak = run_section("matmul", {"n": 256 if q else 2048, "device": dev, "seconds": secs,
+                                               "precisions": precs})
+            add(new, peak, True)
         for crop in crops:
-            new, peak = run_section("forward", {"crop": crop, "batch": 32 if q else 256, "device": dev, "seconds": secs,
-                                                    "precisions": precs})
-            add(new, peak, True)
-            run_section("bundle", {"crop": crop, "tmp": str(tmp)})
-            n_img = 64 if q else max(256, 7680 * 32 * 32 // (crop * crop))
-            new, peak = run_section("attribute", {"crop": crop, "images": n_img, "device": dev, "tmp": str(tmp),
+            if "forward" in todo:
+                new, peak = run_section("forward", {"crop": crop, "batch": 32 if q else 256, "device": dev,
+                                                    "seconds": secs, "precisions": precs})
+                add(new, peak, True)
+            if {"attribute", "server"} & todo:
+                run_section("bundle", {"crop": crop, "tmp": str(tmp)})
+            if "attribute" in todo:
+                n_img = 64 if q else max(256, 7680 * 32 * 32 // (crop * crop))
+                new, peak = run_section("attribute", {"crop": crop, "images": n_img, "device": dev, "tmp": str(tmp),
                                                       "precisions": precs})
-            add(new, peak, True)
-            for batching in (False, True):
-                add(run_server(tmp, crop, batching, clients, secs * (2 if q else 3), dev), None)
-            for method in ("softmax", "pose", "metric"):
-                new, peak = run_section("train", {"crop": crop, "method": method, "device": dev, "tmp": str(tmp),
-                                                  "batches": 2 if q else 20, "per_class_images": 16 if q else 160})
-                add(new, peak)
+                add(new, peak, True)
+            if "server" in todo:
+                for batching in (False, True):
+                    add(run_server(tmp, crop, batching, clients, secs * (2 if q else 3), dev), None)
+            if "train" in todo:
+                runs = [("softmax", {}), ("pose", {}), ("pose", {"forwards": "shared"}),
+                        ("pose", {"forwards": "concat"}), ("metric", {})]
+                for method, options in runs:
+                    new, peak = run_section("train", {"crop": crop, "method": method, "options": options,
+                                                      "device": dev, "tmp": str(tmp), "batches": 2 if q else 20,
+                                                      "per_class_images": 16 if q else 160})
+                    add(new, peak)
 
     # ratios to references
     def find(what: str, crop: Any, prec: str) -> float | None:  # noqa: ANN401
@@ -368,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
                 ref = find(ref_name, c, "auto")
             else:
                 ref, ref_name = find("attribute png", c, "fp32"), "attribute png fp32"
+        elif w.startswith("train pose forwards="):
+            ref, ref_name = find("train pose", c, "fp32"), "train pose"
         elif w.startswith("train"):
             ref, ref_name = find("train softmax", c, "fp32"), "train softmax"
         r["ratio"] = None if not ref else r["value"] / ref

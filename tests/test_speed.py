@@ -284,6 +284,52 @@ def test_pose_reuses_f_x_without_changing_l_a() -> None:
     assert f_x.grad_fn is not None and all(p.grad is None for p in m.backbone.parameters())
 
 
+def _pose_one_step(forwards: str, aug_lr: float) -> tuple[list, list]:
+    """One POSE training step (variant full, one earlier model) from the same start;
+    the network's and A_t's parameters afterwards."""
+    import torch
+
+    from osma.methods import METHODS
+    from osma.trainer import StepContext
+
+    torch.manual_seed(0)
+    # deterministic steps: no dropout anywhere, so both paths see the same numbers
+    m = METHODS["pose"](["a", "b", "c"], preprocess={"crop": 16},
+                        options={"width": 0.25, "embed_dim": 8, "dropout": 0.0, "dropout_features": False,
+                                 "aug_lr": aug_lr, "forwards": forwards}, device="cpu")
+    m._grow(1)  # one earlier model: every random choice of A_j is the same one
+    m.train_mode(True)
+    opts = m.optimizers()
+    ctx = StepContext(1, opts, m.schedulers(opts))
+    m.begin_epoch(ctx)
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    losses = m.train_step(ctx, x, torch.tensor([0, 0, 1, 1, 2, 2]))
+    assert {"loss_mse", "loss_close_known", "loss_div", "loss_cls", "loss_metric", "loss_metric_pre"} <= set(losses)
+    net = [p.detach().clone() for p in [*m.backbone.parameters(), *m.head.parameters()]]
+    return net, [p.detach().clone() for p in ctx.state["aug"].parameters()]
+
+
+def test_pose_shared_forwards_take_the_separate_steps() -> None:
+    """``forwards=shared`` (3 network passes a step instead of 5, issue 17) moves A_t exactly
+    as the official two-step order does (L_A sees the network before its step in both), and
+    the network too when A_t does not move (aug_lr 0): its only difference is that the
+    network's triplet sees A_t(x) from before A_t's update. ``concat`` batches the passes
+    (BatchNorm statistics over all): it moves both, differently."""
+    import torch
+
+    for aug_lr in (1e-2, 0.0):
+        sep_net, sep_aug = _pose_one_step("separate", aug_lr)
+        sh_net, sh_aug = _pose_one_step("shared", aug_lr)
+        for a, b in zip(sep_aug, sh_aug):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        same_net = all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(sep_net, sh_net))
+        assert same_net == (aug_lr == 0.0), aug_lr
+    start_net, start_aug = _pose_one_step("separate", 0.0)  # aug_lr 0: A_t unchanged = its start
+    cat_net, cat_aug = _pose_one_step("concat", 1e-2)
+    assert not all(torch.equal(a, b) for a, b in zip(start_aug, cat_aug))
+    assert not all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(sep_net, cat_net))
+
+
 def test_precision_bench_limit_keeps_order_and_unseen_real(micro_zoo: Path) -> None:
     """bench/precision.py --limit: at most N of every list, a random subset in list order;
     the unseen real images kept are those of the kept test images."""

@@ -52,6 +52,7 @@ from osma.methods.softmax import SoftmaxMethod, SoftmaxOptions
 from osma.options import opt
 
 VARIANTS = ("base", "am", "full")
+FORWARDS = ("separate", "shared", "concat")
 
 
 @dataclass
@@ -73,6 +74,10 @@ class PoseOptions(SoftmaxOptions):
                              "augmentation model exists)", min=1)
     dropout_features: bool = opt(True, "the losses on embeddings see the head's dropout, as with the official "
                                        "head's in-place dropout (train mode only; false: osma before issue 18)")
+    forwards: str = opt("separate", "network passes per step: separate (5, as the official code: step 2 embeds "
+                                    "A_t(x) again after A_t's update), shared (3: both steps use one f(A_t(x)) and "
+                                    "one f(A_j(x)), drawn once), concat (shared, as one pass over the concatenated "
+                                    "batch: BatchNorm sees known and augmented images together)", choices=FORWARDS)
 
 
 class AugNet(nn.Module):
@@ -163,17 +168,24 @@ class PoseMethod(SoftmaxMethod):
         f(previous(x)), to be made small). ``f_x``: f(x) when the caller has it already
         (treated as a constant), else it is computed here."""
         x_aug = aug(x)
-        f_aug = self._embed(x_aug)
-        f_x = self._embed(x) if f_x is None else f_x.detach()
-        cos = F.cosine_similarity(f_x, f_aug, dim=1, eps=1e-6).mean()
+        f_aug = self._embed(x_aug)  # before f(x) and f(previous(x)): the order of the dropout draws
+        f_x = self._embed(x) if f_x is None else f_x
+        f_pre = None
+        if previous is not None:
+            with torch.no_grad():
+                f_pre = self._embed(previous(x))
+        return self._augnet_terms(x, x_aug, f_x, f_aug, f_pre)
+
+    def _augnet_terms(self, x: torch.Tensor, x_aug: torch.Tensor, f_x: torch.Tensor, f_aug: torch.Tensor,
+                      f_pre: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """L_A's terms from the pixels and embeddings (f(x) and f(previous(x)) as constants)."""
+        cos = F.cosine_similarity(f_x.detach(), f_aug, dim=1, eps=1e-6).mean()
         terms = {
             "mse": torch.clamp(F.mse_loss(x_aug, x), min=self.opts.mse_lowbound),
             "close_known": torch.clamp(1 - cos, min=1 - self.opts.known_sim),
         }
-        if previous is not None:
-            with torch.no_grad():
-                f_pre = self._embed(previous(x))
-            terms["div"] = F.cosine_similarity(f_aug, f_pre, dim=1, eps=1e-6).mean()
+        if f_pre is not None:
+            terms["div"] = F.cosine_similarity(f_aug, f_pre.detach(), dim=1, eps=1e-6).mean()
         return terms
 
     def begin_epoch(self, ctx) -> None:  # noqa: ANN001
@@ -191,6 +203,8 @@ class PoseMethod(SoftmaxMethod):
     def train_step(self, ctx, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:  # noqa: ANN001
         if self.opts.variant == "base":
             return super().train_step(ctx, x, y)
+        if self.opts.forwards != "separate":
+            return self._train_step_shared(ctx, x, y)
         aug, opt_a, sched_a, earlier = (ctx.state[k] for k in ("aug", "opt_a", "sched_a", "earlier"))
         opt, sched = ctx.optimizers["model"], ctx.schedulers["model"]
         net = [self.backbone, self.head]
@@ -237,6 +251,58 @@ class PoseMethod(SoftmaxMethod):
             losses["loss_metric_pre"] = loss_pre.item()
             loss = loss + loss_pre
         loss.backward()
+        opt.step()
+        self.after_step()
+        sched.step()
+        return losses
+
+    def _train_step_shared(self, ctx, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:  # noqa: ANN001
+        """``forwards=shared|concat``: f(x), f(A_t(x)) and f(A_j(x)) computed once, with their
+        graphs; L_A's gradient is taken on A_t alone and the network's losses' on the network
+        alone, then both take their step. Differences from ``separate``: the network's
+        triplet sees A_t(x) from before A_t's update of this step (not after), and one
+        earlier model A_j serves both the diversity term and the second triplet loss."""
+        aug, opt_a, sched_a, earlier = (ctx.state[k] for k in ("aug", "opt_a", "sched_a", "earlier"))
+        opt, sched = ctx.optimizers["model"], ctx.schedulers["model"]
+        net_params = [*self.backbone.parameters(), *self.head.parameters()]
+        aug_params = list(aug.parameters())
+        for p in net_params + aug_params:
+            p.requires_grad_(True)
+        previous = earlier[int(torch.randint(len(earlier), ()).item())] if earlier else None
+        x_aug = aug(x)
+        parts = [x, x_aug]
+        if previous is not None:
+            with torch.no_grad():
+                parts.append(previous(x))
+        if self.opts.forwards == "concat":
+            feats = list(self._embed(torch.cat(parts)).split(len(x)))
+        else:
+            feats = [self._embed(p) for p in parts]
+        f_in, f_aug, f_pre = feats[0], feats[1], (feats[2] if previous is not None else None)
+        # L_A (the diversity term only in the full variant)
+        terms = self._augnet_terms(x, x_aug, f_in, f_aug, f_pre if self.opts.variant == "full" else None)
+        if ctx.epoch + 1 < self.opts.close_from:
+            del terms["close_known"]
+        loss_a = sum(self.augnet_weights()[k] * v for k, v in terms.items())
+        # the network's losses
+        y_aug = y + self.n_train
+        loss_cls = self.classification_loss(self._classify(f_in), y)
+        loss_tri = self.triplet(torch.cat([f_in, f_aug]), torch.cat([y, y_aug]))
+        loss = loss_cls + loss_tri
+        losses = {f"loss_{k}": v.item() for k, v in terms.items()}
+        losses.update({"loss_cls": loss_cls.item(), "loss_metric": loss_tri.item()})
+        if f_pre is not None:
+            loss_pre = self.triplet(torch.cat([f_in, f_pre]), torch.cat([y, y_aug]))
+            losses["loss_metric_pre"] = loss_pre.item()
+            loss = loss + loss_pre
+        # each loss's gradient on its own parameters only (the network frozen for L_A, A_t for the rest)
+        grads_a = torch.autograd.grad(loss_a, aug_params, retain_graph=True)
+        opt.zero_grad(set_to_none=True)
+        loss.backward(inputs=net_params)
+        for p, g in zip(aug_params, grads_a):
+            p.grad = g
+        opt_a.step()
+        sched_a.step()
         opt.step()
         self.after_step()
         sched.step()
