@@ -10,7 +10,9 @@ rows, noted ``*``):
 * ``matmul``: fp32 and bf16 matrix multiply (n x n, n = 2048) in GFLOP/s; reference: fp32.
 * ``forward``: the embedding network alone (an untrained ``softmax`` bundle's simple_cnn, batch
   256, the one inference path ``NetworkMethod._embed_pixels``) per crop and precision, in
-  images/s; reference: fp32 at that crop.
+  images/s; reference: fp32 at that crop. ``forward nchw``: the same with the input in the
+  default layout instead of channels-last (``osma.precision.channels_last``), measured in
+  alternation with ``forward``; reference: ``forward``.
 * ``attribute``: ``osma attribute`` end to end (model load, decode, crop, embed, score, JSONL
   written) on a folder of crop-sized PNGs and one of JPEGs, per crop and precision;
   reference: ``forward`` at that crop and precision (issue 17 asks for >= 0.80).
@@ -100,10 +102,18 @@ def sec_forward(p: dict[str, Any]) -> list[dict[str, Any]]:
         m = _model(p["crop"], p["device"], prec)
         m.train_mode(False)
         x = m.input_tensor(batch)
+        # osma's layout (channels-last where measured faster) and the default NCHW layout, alternately
+        total = {True: [0, 0.0], False: [0, 0.0]}
         with torch.no_grad():
-            calls, secs = _timed(lambda: m._embed_pixels(x), p["seconds"])  # noqa: B023
-        rows.append({"what": "forward", "crop": p["crop"], "precision": prec, "value": calls * len(batch) / secs,
-                     "unit": "img/s"})
+            for i in range(4):
+                for cl in ((True, False) if i % 2 == 0 else (False, True)):
+                    m.channels_last = cl
+                    calls, secs = _timed(lambda: m._embed_pixels(x), p["seconds"] / 4)  # noqa: B023
+                    total[cl][0] += calls
+                    total[cl][1] += secs
+        for cl, what in ((True, "forward"), (False, "forward nchw")):
+            rows.append({"what": what, "crop": p["crop"], "precision": prec, "value": total[cl][0] * len(batch) / total[cl][1],
+                         "unit": "img/s"})
     return rows
 
 
@@ -382,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             ref, ref_name = find("matmul", None, "fp32"), "matmul fp32"
         elif w == "forward":
             ref, ref_name = find("forward", c, "fp32"), "forward fp32"
+        elif w == "forward nchw":
+            ref, ref_name = find("forward", c, p), f"forward {p}"
         elif w.startswith("attribute"):
             ref, ref_name = find("forward", c, p), f"forward {p}"
         elif w.startswith("server"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -31,6 +32,36 @@ def n_params(m: torch.nn.Module) -> int:
 
 
 # ---------------------------------------------------------------------------- contract
+@pytest.mark.parametrize("name", NAMES)
+def test_channels_last_inference_gives_the_same_embeddings(name: str) -> None:
+    """The inference forward hands the backbone channels-last input on the CPU from a batch
+    of 64 crops on (issue 17, faster there): every backbone embeds as in the default layout,
+    up to float rounding."""
+    from osma.methods import METHODS
+    from osma.precision import channels_last
+
+    from osma.precision import CHANNELS_LAST_MIN_BATCH
+
+    x = torch.rand(CHANNELS_LAST_MIN_BATCH, 3, 32, 32) * 2 - 1
+    assert channels_last(x, "cpu").is_contiguous(memory_format=torch.channels_last)
+    assert channels_last(x, "cpu", enabled=False) is x and channels_last(x, "cuda") is x
+    one = x[0]
+    assert channels_last(one, "cpu") is one  # not a batch: unchanged
+    small = x[:CHANNELS_LAST_MIN_BATCH - 1]
+    assert channels_last(small, "cpu") is small  # below the batch where it pays
+    torch.manual_seed(0)
+    m = METHODS["softmax"](["a", "b"], preprocess={"crop": 32}, options={"backbone": name, "width": 0.125,
+                                                                            "embed_dim": 16}, device="cpu")
+    m.train_mode(False)
+    with torch.no_grad():
+        assert m.channels_last
+        fast = m._embed_pixels(x)
+        m.channels_last = False
+        plain = m._embed_pixels(x)
+    assert not np.array_equal(fast, np.zeros_like(fast))
+    np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-6 * float(np.abs(plain).max()))
+
+
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("size", [24, 32, 64, 128])
 def test_shapes_and_embed_dim(name: str, size: int) -> None:

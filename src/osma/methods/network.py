@@ -142,6 +142,8 @@ class NetworkMethod(Attributor):
         self.device = resolve_device(device)
         #: inference precision of the embedding network, "fp32" or "bf16" (:meth:`set_precision`)
         self.precision = "fp32"
+        #: inference input in channels-last layout where measured faster (osma.precision.channels_last)
+        self.channels_last = True
         # the network sees crop x crop patches (after the optional resize)
         self.input = create_input(self.pre.input, self.pre.crop)
         self.backbone = self.make_backbone()
@@ -209,9 +211,13 @@ class NetworkMethod(Attributor):
             raise ValueError(f"expected (N, H, W, 3) or (N, 3, H, W) uint8 patches, got shape {tuple(t.shape)}")
         return to_pixels(t.contiguous().to(self.device))
 
-    def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Embeddings of [-1, 1] pixel batches (gradients flow; mode as currently set)."""
-        return self.backbone(self.input(pixels))
+    def features(self, pixels: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """Embeddings of [-1, 1] pixel batches (gradients flow; mode as currently set).
+        ``channels_last``: the backbone's input in that layout where it is measured faster
+        (:func:`osma.precision.channels_last`; the inference forward's choice)."""
+        from osma.precision import channels_last as to_channels_last
+
+        return self.backbone(to_channels_last(self.input(pixels), self.device, channels_last))
 
     def loader(self, samples: Iterable[Any], *, train: bool, batch_size: int | None = None,  # noqa: ANN401
                per_class: int | None = None, batches: int | None = None,
@@ -267,7 +273,7 @@ class NetworkMethod(Attributor):
         from osma.precision import autocast
 
         with autocast(self.precision, self.device):
-            emb = self.features(pixels)
+            emb = self.features(pixels, channels_last=self.channels_last)
         return emb.float().cpu().numpy()
 
     def crop_patches(self, img: np.ndarray) -> np.ndarray:
