@@ -10,7 +10,8 @@ rows, noted ``*``):
 * ``matmul``: fp32 and bf16 matrix multiply (n x n, n = 2048) in GFLOP/s; reference: fp32.
 * ``forward``: the embedding network alone (an untrained ``softmax`` bundle's simple_cnn, batch
   256, the one inference path ``NetworkMethod._embed_pixels``) per crop and precision, in
-  images/s; reference: fp32 at that crop. ``forward nchw``: the same with the input in the
+  images/s (note: the GFLOP/s that is, from torch's FLOP counter); reference: fp32 at that
+  crop. ``forward nchw``: the same with the input in the
   default layout instead of channels-last (``osma.precision.channels_last``), measured in
   alternation with ``forward``; reference: ``forward``.
 * ``attribute``: ``osma attribute`` end to end (model load, decode, crop, embed, score, JSONL
@@ -112,9 +113,22 @@ def sec_forward(p: dict[str, Any]) -> list[dict[str, Any]]:
                     total[cl][0] += calls
                     total[cl][1] += secs
         for cl, what in ((True, "forward"), (False, "forward nchw")):
-            rows.append({"what": what, "crop": p["crop"], "precision": prec, "value": total[cl][0] * len(batch) / total[cl][1],
-                         "unit": "img/s"})
+            rate = total[cl][0] * len(batch) / total[cl][1]
+            rows.append({"what": what, "crop": p["crop"], "precision": prec, "value": rate, "unit": "img/s",
+                         "note": f"{rate * _flops_per_image(m) / 1e9:.0f} GFLOP/s"})
     return rows
+
+
+def _flops_per_image(m) -> float:  # noqa: ANN001
+    """FLOPs of one image through the model's input transform and backbone (a multiply-add
+    counts 2, as in the matmul row), from torch's FLOP counter."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, m.pre.crop, m.pre.crop, device=m.device)
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        m.features(x)
+    return float(fc.get_total_flops())
 
 
 def _write_images(folder: Path, n: int, size: int, fmt: str) -> None:
