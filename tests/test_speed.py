@@ -330,6 +330,28 @@ def test_pose_shared_forwards_take_the_separate_steps() -> None:
     assert not all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(sep_net, cat_net))
 
 
+def test_pose_forwards_default_and_saved_runs(tmp_path: Path) -> None:
+    """New POSE models take the shared step; a bundle or checkpoint saved before the option
+    existed keeps the separate step it was trained with (Options.saved_defaults), for
+    loading and for resuming."""
+    from osma.methods import METHODS, _resume_config
+    from osma.methods.pose import PoseOptions
+
+    assert PoseOptions().forwards == "shared"
+    assert PoseOptions.from_saved({}).forwards == "separate"
+    assert PoseOptions.from_saved({"forwards": "concat"}).forwards == "concat"
+    assert METHODS["softmax"].Options.from_saved({}) == METHODS["softmax"].Options()  # nothing listed: defaults
+    m = METHODS["pose"](["a", "b"], preprocess={"crop": 16}, options={"width": 0.25, "embed_dim": 8}, device="cpu")
+    doc = m.document()
+    assert doc["options"]["forwards"] == "shared"
+    del doc["options"]["forwards"]  # as saved before issue 17
+    assert METHODS["pose"].from_document(doc, device="cpu").opts.forwards == "separate"
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps({"method": "pose", "classes": ["a", "b"], "preprocess": doc["preprocess"],
+                                 "options": doc["options"], "score": {"name": "msp"}}))
+    assert _resume_config(saved, "pose")["forwards"] == "separate"
+
+
 def test_precision_bench_limit_keeps_order_and_unseen_real(micro_zoo: Path) -> None:
     """bench/precision.py --limit: at most N of every list, a random subset in list order;
     the unseen real images kept are those of the kept test images."""

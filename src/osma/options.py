@@ -87,6 +87,9 @@ class Options:
 
     #: what the options belong to, for messages ("method pose", "score knn", ...)
     owner: ClassVar[str] = "options"
+    #: options whose default changed (or that came later): the value a configuration saved
+    #: without them was trained with (:meth:`from_saved`)
+    saved_defaults: ClassVar[dict[str, Any]] = {}
 
     def __post_init__(self) -> None:
         hints = _hints(type(self))
@@ -131,6 +134,14 @@ class Options:
             return cls(**values)
         except OptionError as exc:
             raise OptionError(f"{where}{exc}") from None
+
+    @classmethod
+    def from_saved(cls: type[T], values: Mapping[str, Any] | None, where: str = "") -> T:
+        """:meth:`from_dict` for a saved configuration (a bundle, a checkpoint): an option it
+        lacks takes :attr:`saved_defaults`' value, i.e. what it was trained with, if listed."""
+        if isinstance(values, Mapping):
+            values = {**cls.saved_defaults, **values}
+        return cls.from_dict(values, where)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every option."""

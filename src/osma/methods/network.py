@@ -522,7 +522,7 @@ class NetworkMethod(Attributor):
         n = int(doc.get("n_trained", len(doc["classes"])))
         sc = doc.get("score") or {}
         try:
-            obj = cls(list(doc["classes"][:n]), options=cls.Options.from_dict(doc.get("options"), where),
+            obj = cls(list(doc["classes"][:n]), options=cls.Options.from_saved(doc.get("options"), where),
                       preprocess=Preprocess.from_dict(doc.get("preprocess"), where),
                       score=sc.get("name"), score_options=sc.get("options"), device=device)
         except ValueError as exc:  # a bad option or score: say which file it came from

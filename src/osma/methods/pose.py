@@ -29,7 +29,10 @@ with precise-BN afterwards (the code leaves it in eval mode after the first epoc
 evaluation, which freezes BatchNorm statistics and disables dropout: ``eval_after=1`` with
 ``precise_bn=false``), and the DCT is orthonormal (``input=dct_unnorm`` is the code's).
 One dropout mask serves both steps of a batch (f(x) is computed once), where the code
-draws one per forward pass.
+draws one per forward pass. By default (``forwards=shared``, issue 17) step 2 also reuses
+step 1's f(A_t(x)) and f(A_j(x)): 3 network passes a step instead of 5, the network's
+triplet seeing A_t(x) from before A_t's update and one earlier model serving both terms
+(equal results on three seeds, docs/speed.md); ``forwards=separate`` is the official step.
 
 Score: ``msp``, the maximum softmax probability of the classifier head, as POSE evaluates
 (its ``metric_ood`` / OSCR use ``max(softmax(logits))``); any score of :mod:`osma.scores` applies.
@@ -39,7 +42,7 @@ models without the diversity loss), ``full``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -74,10 +77,14 @@ class PoseOptions(SoftmaxOptions):
                              "augmentation model exists)", min=1)
     dropout_features: bool = opt(True, "the losses on embeddings see the head's dropout, as with the official "
                                        "head's in-place dropout (train mode only; false: osma before issue 18)")
-    forwards: str = opt("separate", "network passes per step: separate (5, as the official code: step 2 embeds "
-                                    "A_t(x) again after A_t's update), shared (3: both steps use one f(A_t(x)) and "
-                                    "one f(A_j(x)), drawn once), concat (shared, as one pass over the concatenated "
-                                    "batch: BatchNorm sees known and augmented images together)", choices=FORWARDS)
+    forwards: str = opt("shared", "network passes per step: shared (3: both steps use one f(A_t(x)) and one "
+                                  "f(A_j(x)), drawn once; 1.1-1.2x faster, equal results on 3 seeds, issue 17), "
+                                  "separate (5, as the official code: step 2 embeds A_t(x) again after A_t's "
+                                  "update), concat (shared, as one pass over the concatenated batch: BatchNorm "
+                                  "sees known and augmented images together)", choices=FORWARDS)
+
+    #: runs saved before ``forwards`` existed took the official code's separate passes
+    saved_defaults: ClassVar[dict[str, Any]] = {"forwards": "separate"}
 
 
 class AugNet(nn.Module):
