@@ -16,11 +16,11 @@ so ``auto`` means fp32.
 
 Memory layout: on the CPU the inference forward hands the backbone a batch of at least
 :data:`CHANNELS_LAST_MIN_BATCH` crops in channels-last (NHWC) layout
-(:func:`channels_last`), which oneDNN's convolutions run faster (issue 17, measured here on
-every backbone at batches of 64 and 256, crops 32 and 64: 1.1-1.7x); smaller batches, where
-the per-call reordering of the weights costs more than it saves (0.4-0.9x below 32 crops),
-keep the default layout. The numbers differ from the default layout's only by float
-rounding. Training keeps the default layout (no faster here); CUDA too (not measured).
+(:func:`channels_last`), which oneDNN's convolutions run faster (issue 17, ``bench/layout.py``:
+1.03-2.28x on every backbone at batches of 64 and 256, crops 32 and 64); smaller batches,
+where reordering the (NCHW) weights on every call can cost more than it saves (0.53-1.13x
+for one image), keep the default layout. The numbers differ from the default layout's only
+by float rounding. Training keeps the default layout; CUDA too (not measured).
 """
 from __future__ import annotations
 
