@@ -19,7 +19,8 @@ rows, noted ``*``):
   reference: ``forward`` at that crop and precision (issue 17 asks for >= 0.80).
 * ``server``: ``osma serve`` (its own process, precision auto) under 1, 10 and 50
   concurrent clients (the load generator in its own process; one crop-sized PNG per
-  request), batching on (defaults) and off (``--max-batch 1``): requests/s, p50, p99;
+  request), batching on (defaults) and off (``--max-batch 1``), both servers up at once and
+  loaded in turn, the order alternating per client count: requests/s, p50, p99;
   reference: the same clients with batching off (for the ``off`` rows: ``attribute``
   PNG fp32 at that crop, i.e. the share of the offline rate the server reaches).
 * ``train``: softmax, pose and metric training, images/s of the second epoch (the
@@ -289,42 +290,50 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_server(tmp: Path, crop: int, batching: bool, clients: list[int], seconds: float,
-               device: str) -> list[dict[str, Any]]:
-    """``osma serve`` in its own process, one load-generator process per client count."""
+def run_servers(tmp: Path, crop: int, clients: list[int], seconds: float, device: str) -> list[dict[str, Any]]:
+    """``osma serve`` with batching off (``--max-batch 1``) and on (defaults), both in their own
+    processes at once; for each client count a load-generator process runs against one, then
+    the other (the order alternating), so that neither is favoured by when it ran."""
     import httpx
 
-    port = _free_port()
-    cmd = [sys.executable, "-m", "osma", "serve", str(tmp / f"bundle{crop}"), "--port", str(port), "--device", device]
-    if not batching:
-        cmd += ["--max-batch", "1"]
-    server = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rows = []
+    servers = {}
+    for batching in (False, True):
+        port = _free_port()
+        cmd = [sys.executable, "-m", "osma", "serve", str(tmp / f"bundle{crop}"), "--port", str(port),
+               "--device", device] + ([] if batching else ["--max-batch", "1"])
+        servers[batching] = (port, subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL,
+                                                    stderr=subprocess.DEVNULL))
+    rows: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
     try:
         deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                raise RuntimeError("osma serve did not start")
-            time.sleep(0.2)
+        for port, server in servers.values():
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError("osma serve did not start")
+                time.sleep(0.2)
         png = next((tmp / f"png{crop}").glob("*.png"))
-        for c in clients:
-            (r,), _ = run_section("loadgen", {"port": port, "png": str(png), "clients": c, "seconds": seconds})
-            rows.append({"what": f"server {c} clients, batching {'on' if batching else 'off'}", "crop": crop,
-                         "precision": "auto", "value": r["requests_per_s"], "unit": "req/s",
-                         "note": f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms"
-                                 + (f", {r['errors']} errors" if r["errors"] else ""), "clients": c, **r})
+        for i, c in enumerate(clients):
+            for batching in ((False, True) if i % 2 == 0 else (True, False)):
+                (r,), _ = run_section("loadgen", {"port": servers[batching][0], "png": str(png), "clients": c,
+                                                  "seconds": seconds})
+                rows[batching].append({
+                    "what": f"server {c} clients, batching {'on' if batching else 'off'}", "crop": crop,
+                    "precision": "auto", "value": r["requests_per_s"], "unit": "req/s",
+                    "note": f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms"
+                            + (f", {r['errors']} errors" if r["errors"] else ""), "clients": c, **r})
     finally:
-        server.terminate()
-        _, _, usage = os.wait4(server.pid, 0)
-        server.returncode = 0
-    for r in rows:
-        r["peak_mb"] = usage.ru_maxrss / 1024
-    return rows
+        for batching, (_, server) in servers.items():
+            server.terminate()
+            _, _, usage = os.wait4(server.pid, 0)
+            server.returncode = 0
+            for r in rows[batching]:
+                r["peak_mb"] = usage.ru_maxrss / 1024
+    return rows[False] + rows[True]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -383,8 +392,9 @@ def main(argv: list[str] | None = None) -> int:
                                                       "precisions": precs})
                 add(new, peak, True)
             if "server" in todo:
-                for batching in (False, True):
-                    add(run_server(tmp, crop, batching, clients, secs * (2 if q else 3), dev), None)
+                if not (tmp / f"png{crop}").is_dir():  # the attribute section writes it
+                    _write_images(tmp / f"png{crop}", 4, crop, "PNG")
+                add(run_servers(tmp, crop, clients, secs * (2 if q else 3), dev), None)
             if "train" in todo:
                 runs = [("softmax", {}), ("pose", {}), ("pose", {"forwards": "shared"}),
                         ("pose", {"forwards": "concat"}), ("metric", {})]

@@ -89,3 +89,24 @@ def test_concurrent_requests(server: tuple[str, Model]) -> None:
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(one, range(len(names))))
     assert got == [n if n != "yellow" else "unknown" for n in names]
+
+
+def test_request_threads_raise_anyio_limit() -> None:
+    """serve() lets every connection run in a request thread (issue 17): the limiter of the
+    server's event loop has the tokens asked for, where anyio's default is 40."""
+    import anyio.to_thread
+
+    from osma.server import request_threads
+
+    for n, want in ((None, 40), (70, 70)):
+        app = create_app(Model(make_fake()))
+        if n is not None:
+            request_threads(app, n)
+
+        @app.get("/tokens")
+        async def tokens() -> dict:
+            return {"tokens": anyio.to_thread.current_default_thread_limiter().total_tokens}
+
+        with running(app, free_port()) as port:
+            got = httpx.get(f"http://127.0.0.1:{port}/tokens", timeout=TIMEOUT).json()["tokens"]
+        assert got == want, n

@@ -600,4 +600,18 @@ def serve(
     import uvicorn
 
     app = create_app(model, read_timeout=read_timeout, **limits)
+    request_threads(app, max_connections)
     uvicorn.Server(server_config(app, host, port, read_timeout, max_connections)).run()
+
+
+def request_threads(app: FastAPI, n: int) -> None:
+    """At start-up, let ``n`` requests run in threads at once (anyio's default: 40): with
+    ``max_connections`` of them, no admitted request waits for a thread before it can
+    queue for a decode slot and join a batch (measured at 50 clients: about 10% more
+    requests/s and a lower p99, docs/speed.md)."""
+    import anyio.to_thread
+
+    async def set_tokens() -> None:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = max(int(n), 1)
+
+    app.router.on_startup.append(set_tokens)
