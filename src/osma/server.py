@@ -21,7 +21,8 @@ field included, up to the floating-point rounding of a batch in the network). Th
 for more only while other requests are still decoding, and never longer than
 ``batch_window_ms`` (``--batch-window-ms``, default 5 ms) after the oldest waiting
 request: a client alone is not delayed, and none by more than the window.
-``--max-batch 1`` turns batching off.
+``--max-batch 1`` turns batching off. Requests run in threads, as many at once as ``max_connections``
+(:func:`request_threads`; anyio's default is 40).
 
 Limits against slow, oversized and concurrent clients (:func:`serve`, ``osma serve``):
 
