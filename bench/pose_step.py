@@ -10,8 +10,9 @@ from the same weights (seed 0) with two earlier augmentation models (the full st
 diversity and the earlier-model triplet terms) and run ``train_step`` on the same batch in
 turn, the order rotating every step, so that the machine's load hits all alike. Prints ms
 per step and the ratio of the first contestant's time to each one's (> 1: faster), and, with
-``--ref``, whether the revision's losses equal this checkout's ``separate`` (a refactoring
-must keep them).
+``--ref``, whether the revision's losses equal this checkout's with the same step (the
+revision runs the first ``--forwards`` option; one from before the option, ``separate``): a
+refactoring must keep them.
 """
 from __future__ import annotations
 
@@ -68,8 +69,16 @@ def main(argv: list[str] | None = None) -> int:
         return m, ctx
 
     models = {}
+    # the revision runs the step of the first --forwards option (one from before the option
+    # existed: its only step, the separate one), and its losses are compared with that one's
+    same_as = forwards[0]
     if args.ref:
-        models[args.ref] = make(_load_other(args.ref), {})
+        other = _load_other(args.ref)
+        if "forwards" in other.Options.names():
+            models[args.ref] = make(other, {"forwards": same_as})
+        else:
+            same_as = "separate"
+            models[args.ref] = make(other, {})
     for f in forwards:
         models[f"this {f}"] = make(PoseMethod, {"forwards": f})
     names = list(models)
@@ -90,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     for k in names:
         print(f"  {k:<16} {1000 * total[k] / args.steps:7.0f} ms/step   ratio {total[names[0]] / total[k]:.2f}")
     same = True
-    if args.ref and "separate" in forwards:
-        same = losses[args.ref] == losses["this separate"]
-        print(f"  losses of {args.ref} and this separate: {'identical' if same else 'DIFFER'}")
+    if args.ref and same_as in forwards:
+        same = losses[args.ref] == losses[f"this {same_as}"]
+        print(f"  losses of {args.ref} and this {same_as}: {'identical' if same else 'DIFFER'}")
     return 0 if same else 1
 
 

@@ -77,13 +77,13 @@ def load_attributor(bundle_dir: str | Path, device: str = "auto") -> NetworkMeth
 def _resume_config(saved: Path, method: str) -> dict[str, Any]:
     """The flat configuration an interrupted run was started with (both formats)."""
     from osma.methods.legacy import split_flat_config
-
     from osma.methods.registry import METHODS
 
     prev = json.loads(saved.read_text(encoding="utf-8"))
     if "options" not in prev:  # first format: one flat dict
         prev = split_flat_config(method, prev, f"{saved}: ")
-    options = {**METHODS[method].Options.saved_defaults, **prev["options"]}  # what the run was started with
+    # what the run was started with (an option it lacks: what it was trained with)
+    options = METHODS[method].Options.from_saved(prev["options"], f"{saved}: ").to_dict()
     return {**prev["preprocess"], **options, "score": prev["score"]["name"],
             **{f"score.{k}": v for k, v in prev["score"].get("options", {}).items()}}
 

@@ -33,6 +33,8 @@ from osma.methods.base import Attributor, Prediction
 from osma.names import check_source_name
 from osma.models import BACKBONES, INPUTS, constrain, create_backbone, create_input, to_pixels
 from osma.options import OptionError, Options, opt
+from osma.precision import autocast, resolve_precision
+from osma.precision import channels_last as to_channels_last
 from osma.runtime import resolve_device
 from osma.scores import Features, Score, create_score
 
@@ -215,8 +217,6 @@ class NetworkMethod(Attributor):
         """Embeddings of [-1, 1] pixel batches (gradients flow; mode as currently set).
         ``channels_last``: the backbone's input in that layout where it is measured faster
         (:func:`osma.precision.channels_last`; the inference forward's choice)."""
-        from osma.precision import channels_last as to_channels_last
-
         return self.backbone(to_channels_last(self.input(pixels), self.device, channels_last))
 
     def loader(self, samples: Iterable[Any], *, train: bool, batch_size: int | None = None,  # noqa: ANN401
@@ -262,16 +262,12 @@ class NetworkMethod(Attributor):
     def set_precision(self, precision: str | None = "auto") -> str:
         """Set the inference precision (``auto``, ``fp32`` or ``bf16``, see :mod:`osma.precision`)
         of the embedding paths; returns the one resolved for this method and device."""
-        from osma.precision import resolve_precision
-
         self.precision = resolve_precision(precision, self.method, self.device)
         return self.precision
 
     def _embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """Evaluation forward in the inference precision; float32 embeddings on the CPU.
         Every inference forward of the network goes through here."""
-        from osma.precision import autocast
-
         with autocast(self.precision, self.device):
             emb = self.features(pixels, channels_last=self.channels_last)
         return emb.float().cpu().numpy()

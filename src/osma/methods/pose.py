@@ -215,7 +215,6 @@ class PoseMethod(SoftmaxMethod):
         aug, opt_a, sched_a, earlier = (ctx.state[k] for k in ("aug", "opt_a", "sched_a", "earlier"))
         opt, sched = ctx.optimizers["model"], ctx.schedulers["model"]
         net = [self.backbone, self.head]
-        losses: dict[str, float] = {}
         # f(x) once, with its graph, for both steps: only A_t changes between them, and in
         # train mode BatchNorm normalises with the batch's own statistics, so step 2's f(x)
         # would be the same numbers (issue 17: one backbone forward fewer per step; with
@@ -230,11 +229,7 @@ class PoseMethod(SoftmaxMethod):
         opt_a.zero_grad(set_to_none=True)
         diversity = self.opts.variant == "full"
         previous = earlier[int(torch.randint(len(earlier), ()).item())] if diversity and earlier else None
-        terms = self.augnet_terms(aug, x, previous, f_x=f_in)
-        if ctx.epoch + 1 < self.opts.close_from:
-            del terms["close_known"]
-        losses.update({f"loss_{k}": v.item() for k, v in terms.items()})
-        loss_a = sum(self.augnet_weights()[k] * v for k, v in terms.items())
+        loss_a, losses = self._augnet_loss(self.augnet_terms(aug, x, previous, f_x=f_in), ctx.epoch)
         loss_a.backward()
         opt_a.step()
         sched_a.step()
@@ -243,25 +238,46 @@ class PoseMethod(SoftmaxMethod):
             _set_grad(m, True)
         _set_grad(aug, False)
         opt.zero_grad(set_to_none=True)
-        loss_cls = self.classification_loss(self._classify(f_in), y)
         with torch.no_grad():
             x_aug = aug(x)
-        y_aug = y + self.n_train
-        loss_tri = self.triplet(torch.cat([f_in, self._embed(x_aug)]), torch.cat([y, y_aug]))
-        loss = loss_cls + loss_tri
-        losses.update({"loss_cls": loss_cls.item(), "loss_metric": loss_tri.item()})
+        f_aug = self._embed(x_aug)
+        f_pre = None
         if earlier:
             j = int(torch.randint(len(earlier), ()).item())
             with torch.no_grad():
                 x_pre = earlier[j](x)
-            loss_pre = self.triplet(torch.cat([f_in, self._embed(x_pre)]), torch.cat([y, y_aug]))
-            losses["loss_metric_pre"] = loss_pre.item()
-            loss = loss + loss_pre
+            f_pre = self._embed(x_pre)
+        loss, net_losses = self._network_loss(f_in, y, f_aug, f_pre)
+        losses.update(net_losses)
         loss.backward()
         opt.step()
         self.after_step()
         sched.step()
         return losses
+
+    def _augnet_loss(self, terms: dict[str, torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """L_A from its terms (without the similarity term before epoch ``close_from``) and
+        the terms' values to log."""
+        if epoch + 1 < self.opts.close_from:
+            del terms["close_known"]
+        weights = self.augnet_weights()
+        return sum(weights[k] * v for k, v in terms.items()), {f"loss_{k}": v.item() for k, v in terms.items()}
+
+    def _network_loss(self, f_in: torch.Tensor, y: torch.Tensor, f_aug: torch.Tensor,
+                      f_pre: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The network's loss: classification of the known embeddings, the triplet loss on known
+        and A_t-augmented embeddings (class c + C), and with an earlier model's embeddings
+        ``f_pre`` the same triplet loss again; and the values to log."""
+        y_aug = y + self.n_train
+        loss_cls = self.classification_loss(self._classify(f_in), y)
+        loss_tri = self.triplet(torch.cat([f_in, f_aug]), torch.cat([y, y_aug]))
+        loss = loss_cls + loss_tri
+        losses = {"loss_cls": loss_cls.item(), "loss_metric": loss_tri.item()}
+        if f_pre is not None:
+            loss_pre = self.triplet(torch.cat([f_in, f_pre]), torch.cat([y, y_aug]))
+            losses["loss_metric_pre"] = loss_pre.item()
+            loss = loss + loss_pre
+        return loss, losses
 
     def _train_step_shared(self, ctx, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:  # noqa: ANN001
         """``forwards=shared|concat``: f(x), f(A_t(x)) and f(A_j(x)) computed once, with their
@@ -286,22 +302,11 @@ class PoseMethod(SoftmaxMethod):
         else:
             feats = [self._embed(p) for p in parts]
         f_in, f_aug, f_pre = feats[0], feats[1], (feats[2] if previous is not None else None)
-        # L_A (the diversity term only in the full variant)
-        terms = self._augnet_terms(x, x_aug, f_in, f_aug, f_pre if self.opts.variant == "full" else None)
-        if ctx.epoch + 1 < self.opts.close_from:
-            del terms["close_known"]
-        loss_a = sum(self.augnet_weights()[k] * v for k, v in terms.items())
-        # the network's losses
-        y_aug = y + self.n_train
-        loss_cls = self.classification_loss(self._classify(f_in), y)
-        loss_tri = self.triplet(torch.cat([f_in, f_aug]), torch.cat([y, y_aug]))
-        loss = loss_cls + loss_tri
-        losses = {f"loss_{k}": v.item() for k, v in terms.items()}
-        losses.update({"loss_cls": loss_cls.item(), "loss_metric": loss_tri.item()})
-        if f_pre is not None:
-            loss_pre = self.triplet(torch.cat([f_in, f_pre]), torch.cat([y, y_aug]))
-            losses["loss_metric_pre"] = loss_pre.item()
-            loss = loss + loss_pre
+        # L_A (the diversity term only in the full variant), then the network's loss
+        loss_a, losses = self._augnet_loss(
+            self._augnet_terms(x, x_aug, f_in, f_aug, f_pre if self.opts.variant == "full" else None), ctx.epoch)
+        loss, net_losses = self._network_loss(f_in, y, f_aug, f_pre)
+        losses.update(net_losses)
         # each loss's gradient on its own parameters only (the network frozen for L_A, A_t for the rest)
         grads_a = torch.autograd.grad(loss_a, aug_params, retain_graph=True)
         opt.zero_grad(set_to_none=True)
