@@ -608,8 +608,7 @@ def serve(
 def request_threads(app: FastAPI, n: int) -> None:
     """At start-up, let ``n`` requests run in threads at once (anyio's default: 40): with
     ``max_connections`` of them, no admitted request waits for a thread before it can
-    queue for a decode slot and join a batch (measured at 50 clients: about 10% more
-    requests/s and a lower p99, docs/speed.md)."""
+    queue for a decode slot and join a batch (docs/speed.md)."""
     import anyio.to_thread
 
     async def set_tokens() -> None:
