@@ -12,7 +12,8 @@ turn, the order rotating every step, so that the machine's load hits all alike. 
 per step and the ratio of the first contestant's time to each one's (> 1: faster), and, with
 ``--ref``, whether the revision's losses equal this checkout's with the same step (the
 revision runs the first ``--forwards`` option; one from before the option, ``separate``): a
-refactoring must keep them.
+refactoring must keep them. ``--profile``: then where the first contestant's step spends its
+CPU time, by operator.
 """
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--profile", action="store_true",
+                    help="afterwards, profile --steps steps of the first contestant (torch.profiler, CPU "
+                         "time by operator): where a step's time goes")
     args = ap.parse_args(argv)
 
     import torch
@@ -102,6 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.ref and same_as in forwards:
         same = losses[args.ref] == losses[f"this {same_as}"]
         print(f"  losses of {args.ref} and this {same_as}: {'identical' if same else 'DIFFER'}")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        m, ctx = models[names[0]]
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(args.steps):
+                m.train_step(ctx, x, y)
+        print(f"\nprofile of {names[0]}, {args.steps} steps, operators by self CPU time:")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     return 0 if same else 1
 
 
