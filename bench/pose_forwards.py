@@ -9,7 +9,7 @@ Trains ``pose`` (full variant) once per option and seed with bench/methods.py's 
 skips finished runs like that script), then prints one table: mean ± std over seeds per
 option (bench/methods.py's columns, ``s/epoch`` included), and per seed the difference of each
 option from the first (``separate``, the official code's step) in accuracy, AUROC and OSCR
-(all unknowns), in points. Training seconds per epoch compare only when the runs had the
+(all unknowns), in points, beside both runs' training seconds per epoch. Training seconds per epoch compare only when the runs had the
 machine alike (run it alone).
 """
 from __future__ import annotations
@@ -38,11 +38,14 @@ def paired(reports: dict[str, list[dict]], seeds: list[int]) -> list[str]:
     """Per seed and option, the difference from the first option in points (markdown lines)."""
     names = list(reports)
     base = reports[names[0]]
-    lines = [f"Difference from {names[0]}, same seed, in points:", "",
-             "| option | seed | " + " | ".join(h for h, _ in PAIRED) + " |", "|---|---:|" + "---:|" * len(PAIRED)]
+    epoch = ("bench", "seconds_per_epoch")
+    lines = [f"Difference from {names[0]}, same seed, in points (and both runs' training seconds per epoch):", "",
+             "| option | seed | " + " | ".join(h for h, _ in PAIRED) + f" | s/epoch {names[0]} -> option |",
+             "|---|---:|" + "---:|" * (len(PAIRED) + 1)]
     for name in names[1:]:
         for seed, a, b in zip(seeds, base, reports[name]):
             cells = [f"{100 * (bm._get(b, p) - bm._get(a, p)):+.1f}" for _, p in PAIRED]
+            cells.append(f"{bm._get(a, epoch):.1f} -> {bm._get(b, epoch):.1f}")
             lines.append(f"| {name} | {seed} | " + " | ".join(cells) + " |")
     return lines
 
