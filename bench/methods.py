@@ -123,8 +123,8 @@ def run_one(data: Path, split: str, name: str, out: Path, *, epochs: int, device
                   plots=plots)
     if rescore is not None:  # no training: the base run re-scored (trained first if needed)
         base = run_one(data, split, rescore, out, **common)
-        return _rescore(data, split, name, out / "runs" / split / rescore, rep_dir, options.pop("score"), base,
-                        device=device, seed=seed, batch_size=batch_size, plots=plots)
+        return _rescore(data, split, {name: options.pop("score")}, out, rescore, base,
+                        device=device, seed=seed, batch_size=batch_size, plots=plots)[name]
     if init_from is not None:
         run_one(data, split, init_from, out, **common)
         options["init_from"] = str(out / "runs" / split / init_from)
@@ -148,20 +148,51 @@ def run_one(data: Path, split: str, name: str, out: Path, *, epochs: int, device
     return report
 
 
-def _rescore(data: Path, split: str, name: str, run_dir: Path, rep_dir: Path, score: str, base: dict, *,
-             device: str, seed: int, batch_size: int, plots: bool) -> dict:
-    """Evaluate the bundle in ``run_dir`` with ``score`` fitted on its training embeddings."""
+def _rescore(data: Path, split: str, scores: dict[str, str], out: Path, base_name: str, base: dict, *,
+             device: str, seed: int, batch_size: int, plots: bool) -> dict[str, dict]:
+    """Evaluate the bundle of run ``base_name`` once per bench name in ``scores`` (name -> score),
+    each score fitted on its training embeddings; the split is embedded once for all of them."""
+    import shutil
+    import tempfile
+
     from osma import methods
     from osma.data import load_split
     from osma.evaluation import evaluate_scores
 
-    print(f"[{split}/{name}] evaluating {run_dir.name} with score {score}", flush=True)
+    run_dir = out / "runs" / split / base_name
+    print(f"[{split}/{','.join(scores)}] evaluating {base_name} with score(s) {','.join(scores.values())}", flush=True)
     att = methods.load_attributor(run_dir, device)
-    report = evaluate_scores(att, load_split(data, split), [(score, None)], rep_dir, subdirs=False,
-                             batch_size=batch_size, seed=seed, plots=plots)[score]
-    report["bench"] = {**base.get("bench", {}), "rescored": run_dir.name}
-    (rep_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return report
+    (out / "reports" / split).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out / "reports" / split, prefix=".rescore-") as tmp:
+        got = evaluate_scores(att, load_split(data, split), [(s, None) for s in scores.values()], tmp,
+                              batch_size=batch_size, seed=seed, plots=plots)
+        keys = list(got)  # evaluate_scores' keys, in the order of ``scores``
+        reports = {}
+        for (name, _), key in zip(scores.items(), keys):
+            rep_dir = out / "reports" / split / name
+            if rep_dir.exists():  # a report-less leftover of an interrupted evaluation
+                shutil.rmtree(rep_dir)
+            shutil.move(Path(tmp) / key, rep_dir)
+            report = {**got[key], "bench": {**base.get("bench", {}), "rescored": base_name}}
+            (rep_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            reports[name] = report
+    return reports
+
+
+def _rescore_shared(data: Path, split: str, names: list[str], out: Path, common: dict,
+                    epochs_for: dict[str, int]) -> None:
+    """Evaluate together the re-scorings of one run (e.g. max_logit, energy, OpenMax on softmax)
+    that have no report yet, so that the run embeds the split once, not once per score."""
+    by_base: dict[str, dict[str, str]] = {}
+    for name in names:
+        opts = METHODS[name][1]
+        if "rescore" in opts and not (out / "reports" / split / name / "report.json").exists():
+            by_base.setdefault(opts["rescore"], {})[name] = opts["score"]
+    for base_name, scores in by_base.items():
+        if len(scores) > 1:  # the base trained as run_one would (with its first re-scoring's epochs)
+            base = run_one(data, split, base_name, out, **{**common, "epochs": epochs_for[next(iter(scores))]})
+            _rescore(data, split, scores, out, base_name, base, device=common["device"], seed=common["seed"],
+                     batch_size=common["batch_size"], plots=common["plots"])
 
 
 def summarize(reports: dict[str, list[dict]], columns: list | None = None) -> dict[str, dict[str, dict[str, float | int | None]]]:
@@ -273,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
 
     reports: dict[str, list[dict]] = {n: [] for n in names}
     for split in splits:
+        _rescore_shared(args.data, split, names, args.out,
+                        dict(epochs=args.epochs, device=args.device, seed=args.seed, batch_size=args.batch_size,
+                             train_options=train_options, plots=not args.no_plots), epochs_for)
         for name in names:
             reports[name].append(run_one(args.data, split, name, args.out, epochs=epochs_for[name],
                                          device=args.device, seed=args.seed, batch_size=args.batch_size,

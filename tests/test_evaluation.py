@@ -273,6 +273,38 @@ def test_bench_and_cli_end_to_end(toy_benchmark: Path, tmp_path: Path, capsys: p
     assert "done, skipping" in capsys.readouterr().out
 
 
+def energy_score(out: Path) -> object:
+    return json.loads((out / "reports" / "split1" / "softmax+energy" / "report.json").read_text())["score"]
+
+
+@pytest.mark.slow
+def test_bench_rescorings_embed_once(toy_benchmark: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several re-scorings of one run embed the split once and report as each re-scoring alone."""
+    import shutil
+
+    bench = _bench_module()
+    out, alone = tmp_path / "bench", tmp_path / "alone"
+    args = [str(toy_benchmark), "--epochs", "1", "--device", "cpu", "--no-plots"]
+    assert bench.main(args + ["--out", str(out), "--methods", "softmax"]) == 0
+    shutil.copytree(out, alone)
+    calls = []
+    embed = evaluation.embed_split
+    monkeypatch.setattr(evaluation, "embed_split", lambda *a, **k: calls.append(1) or embed(*a, **k))
+    assert bench.main(args + ["--out", str(out), "--methods", "softmax+energy,openmax,softmax+knn"]) == 0
+    assert len(calls) == 1
+    assert bench.main(args + ["--out", str(alone), "--methods", "openmax"]) == 0
+    assert len(calls) == 2
+    together = json.loads((out / "reports" / "split1" / "openmax" / "report.json").read_text())
+    single = json.loads((alone / "reports" / "split1" / "openmax" / "report.json").read_text())
+    assert together["score"] == single["score"] and together["score"] != energy_score(out)
+    for g in evaluation.GROUPS:
+        assert together["open_set"][g] == pytest.approx(single["open_set"][g])
+    assert together["closed_set"] == pytest.approx(single["closed_set"])
+    assert together["fang"]["af1_crr_auc"] == pytest.approx(single["fang"]["af1_crr_auc"])
+    assert together["bench"]["rescored"] == "softmax"
+    assert not [p for p in (out / "reports" / "split1").iterdir() if p.name.startswith(".")]
+
+
 def test_cli_evaluate_missing_run(toy_benchmark: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
