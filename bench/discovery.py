@@ -1,7 +1,7 @@
 """Discovery: how well do the images of a split's test set fall into their true sources?
 
     .venv/bin/python bench/discovery.py DATA_LIST.yaml --split split1 --runs RUN [RUN ...]
-        [--iterations 4] [--epochs N] [--opt KEY=VALUE ...] [--k-max 12] [--work DIR]
+        [--girish-runs NAME,...] [--iterations 4] [--epochs N] [--opt KEY=VALUE ...] [--k-max 12] [--work DIR]
         [--device auto] [--seed 0] [--json FILE]
 
 The pool is POSE's clustering protocol: the split's known test images plus its unknown test
@@ -18,7 +18,9 @@ clusterings of the pool are scored against the true sources (NMI, purity, ARI,
   (``coverage``: the share of the pool they hold).
 
 The Girish pipeline retrains the run's method (``--epochs`` per retraining, the run's own by
-default) into ``--work`` (a temporary directory by default).
+default) into ``--work`` (a temporary directory by default); ``--girish-runs`` limits it to the
+runs of those directory names (it costs ``--iterations`` trainings per run), the others get
+the two k-means rows only.
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("data_list")
     ap.add_argument("--split", default="split1")
     ap.add_argument("--runs", nargs="+", required=True, help="trained run directories (one per method)")
+    ap.add_argument("--girish-runs", default=None,
+                    help="comma-separated run directory names that get the girish pipeline (default: every run)")
     ap.add_argument("--iterations", type=int, default=4, help="girish: iterations")
     ap.add_argument("--epochs", type=int, default=None, help="girish: epochs per retraining (default: the run's)")
     ap.add_argument("--opt", action="append", default=[], help="girish option KEY=VALUE (see docs/discovery.md)")
@@ -54,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     from osma.discovery.girish import girish_discover
     from osma.options import parse_assignments
 
+    girish_runs = None if args.girish_runs is None else {n for n in args.girish_runs.split(",") if n}
+    if girish_runs is not None and (unknown := girish_runs - {Path(r).name for r in args.runs}):
+        ap.error(f"--girish-runs {sorted(unknown)}: not among the --runs directory names")
     sp = load_split(args.data_list, args.split)
     samples = list(sp.test) + list(sp.out_all)
     paths = [str(s.path) for s in samples]
@@ -84,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         row("kmeans@true_k", cluster(emb, n_true, seed=args.seed).labels, truth, time.time() - t)
         t = time.time()
         row("kmeans@auto", cluster(emb, "auto", k_max=args.k_max, seed=args.seed).labels, truth, time.time() - t)
+        if girish_runs is not None and Path(run).name not in girish_runs:
+            continue
         t = time.time()
         res = girish_discover(model, [paths[i] for i in kept], work / Path(run).name, girish_options)
         sec = time.time() - t

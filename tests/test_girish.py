@@ -173,3 +173,28 @@ def test_method_kmeans_is_the_default(micro_zoo: Path, micro_run: Path, tmp_path
                      r.output.replace(str(out), "OUT")))
     assert outs[0] == outs[1]
     assert json.loads(outs[0][0])["method"] == "k-means on L2-normalised embeddings, k by silhouette"
+
+
+def test_bench_discovery_girish_on_chosen_runs(micro_zoo: Path, micro_run: Path, tmp_path: Path) -> None:
+    """bench/discovery.py: k-means rows for every run, the girish pipeline only for --girish-runs."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("bench_discovery", Path(__file__).parents[1] / "bench" / "discovery.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    other = tmp_path / "other"
+    shutil.copytree(micro_run, other)
+    out = tmp_path / "rows.json"
+    args = [str(micro_zoo), "--runs", str(micro_run), str(other), "--iterations", "1", "--epochs", "1",
+            "--device", "cpu", "--work", str(tmp_path / "work"), "--opt", "clusters=8", "--opt", "n_hashes=64",
+            "--opt", "quantile=0.5", "--opt", "min_size=2"]
+    assert bench.main(args + ["--girish-runs", "other", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["run"].split()[0], r["protocol"]) for r in rows] == [
+        ("run", "kmeans@true_k"), ("run", "kmeans@auto"),
+        ("other", "kmeans@true_k"), ("other", "kmeans@auto"), ("other", "girish"), ("other", "girish@found")]
+    assert rows[0]["nmi"] == pytest.approx(rows[2]["nmi"])  # the same network, the same clustering
+    assert (tmp_path / "work" / "other").is_dir() and not (tmp_path / "work" / "run").exists()
+    with pytest.raises(SystemExit):
+        bench.main(args + ["--girish-runs", "nope"])
