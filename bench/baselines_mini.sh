@@ -13,8 +13,10 @@ PY=.venv/bin/python
 ZOO=${ZOO:-runs/zoo-mini/data_list.yaml}
 SPLITS=${1:-split1,split2,split3,split4,split5}
 OUT=${2:-runs/bench-mini-baselines}
-METHODS=${METHODS:-softmax,pose,metric,softmax+max_logit/softmax+energy/softmax+mahalanobis/softmax+knn/openmax,proser,arpl,arpl+cs,dias,prnu,dct_cnn,yu,dna_det,repmix}
-COMMON=(--epochs 6 --option batches_per_epoch=20 --no-plots --method-epochs metric=30 --out "$OUT")
+METHODS=${METHODS:-softmax,pose,metric,softmax+max_logit/softmax+energy/softmax+mahalanobis/softmax+knn/openmax,proser,softmax-12ep,arpl,arpl+cs,dias,prnu,dct_cnn,yu,dna_det,repmix}
+# softmax-12ep: the softmax classifier trained as long as PROSER (6 + 6 epochs), its confound
+COMMON=(--epochs 6 --option batches_per_epoch=20 --no-plots --method-epochs metric=30 --method-epochs softmax-12ep=12
+        --out "$OUT")
 mkdir -p "$OUT"
 for split in ${SPLITS//,/ }; do
   for m in ${METHODS//,/ }; do
