@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=None, help="where girish's retrained bundles go (default: a temporary directory)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", default=None, help="also write the rows as JSON here")
+    ap.add_argument("--json", default=None,
+                    help="also write the rows as JSON here, after each run; a re-run keeps the rows of runs already there")
     args = ap.parse_args(argv)
 
     import osma
@@ -73,8 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     _, girish_options = create_discovery("girish", gopts)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="osma-discovery-bench-"))
 
+    # resumable: with --json, a run whose rows are there (same split, every protocol wanted) is not redone
+    json_out = Path(args.json) if args.json else None
+    saved = json.loads(json_out.read_text(encoding="utf-8")) if json_out and json_out.is_file() else []
     rows = []
     for run in args.runs:
+        wanted = ["kmeans@true_k", "kmeans@auto"] + (
+            [] if girish_runs is not None and Path(run).name not in girish_runs else ["girish", "girish@found"])
+        old = [r for r in saved if r.get("path") == str(run) and r.get("split") == args.split]
+        if set(wanted) <= {r["protocol"] for r in old}:
+            print(f"{run}: rows in {json_out}, skipping", flush=True)
+            rows += old
+            continue
         model = osma.load(run, device=args.device)
         emb, kept, errors = model.embed(paths)
         if errors:
@@ -84,14 +95,16 @@ def main(argv: list[str] | None = None) -> int:
 
         def row(protocol: str, labels: np.ndarray, truth_: np.ndarray, seconds: float, **extra: float) -> None:
             s = score_clustering(truth_, labels)
-            rows.append({"run": name, "protocol": protocol, "k": s["n_clusters"], "nmi": s["nmi"],
-                         "purity": s["purity"], "ari": s["ari"], "seconds": round(seconds, 1), **extra})
+            rows.append({"run": name, "path": str(run), "split": args.split, "protocol": protocol,
+                         "k": s["n_clusters"], "nmi": s["nmi"], "purity": s["purity"], "ari": s["ari"],
+                         "seconds": round(seconds, 1), **extra})
 
         t = time.time()
         row("kmeans@true_k", cluster(emb, n_true, seed=args.seed).labels, truth, time.time() - t)
         t = time.time()
         row("kmeans@auto", cluster(emb, "auto", k_max=args.k_max, seed=args.seed).labels, truth, time.time() - t)
-        if girish_runs is not None and Path(run).name not in girish_runs:
+        if "girish" not in wanted:
+            _save(json_out, rows, saved, args.split)
             continue
         t = time.time()
         res = girish_discover(model, [paths[i] for i in kept], work / Path(run).name, girish_options)
@@ -103,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         if inside.any():
             row("girish@found", found[inside], truth[inside], sec, coverage=float(inside.mean()))
         else:
-            rows.append({"run": name, "protocol": "girish@found", "k": 0, "nmi": None, "purity": None, "ari": None,
-                         "seconds": round(sec, 1), "coverage": 0.0})
+            rows.append({"run": name, "path": str(run), "split": args.split, "protocol": "girish@found", "k": 0,
+                         "nmi": None, "purity": None, "ari": None, "seconds": round(sec, 1), "coverage": 0.0})
+        _save(json_out, rows, saved, args.split)
 
     def fmt(v: object, col: str) -> str:
         return "" if v is None else f"{v:.{1 if col == 'seconds' else 3}f}" if isinstance(v, float) else str(v)
@@ -114,10 +128,17 @@ def main(argv: list[str] | None = None) -> int:
     print("|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(fmt(r.get(c), c) for c in cols) + " |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     print(f"girish runs in {work}")
     return 0
+
+
+def _save(json_out: Path | None, rows: list[dict], saved: list[dict], split: str) -> None:
+    """Write the rows so far (and the saved rows of other runs or splits) to ``json_out``."""
+    if json_out is None:
+        return
+    keys = {(r["path"], r["split"]) for r in rows}
+    keep = [r for r in saved if (r.get("path"), r.get("split")) not in keys]
+    json_out.write_text(json.dumps(keep + rows, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -198,3 +198,13 @@ def test_bench_discovery_girish_on_chosen_runs(micro_zoo: Path, micro_run: Path,
     assert (tmp_path / "work" / "other").is_dir() and not (tmp_path / "work" / "run").exists()
     with pytest.raises(SystemExit):
         bench.main(args + ["--girish-runs", "nope"])
+    # resumable through --json: nothing is redone, the girish rows are kept when not asked for again
+    shutil.rmtree(tmp_path / "work")
+    assert bench.main(args + ["--girish-runs", "", "--json", str(out)]) == 0
+    assert json.loads(out.read_text()) == rows and not (tmp_path / "work").exists()
+    assert bench.main(args + ["--json", str(out)]) == 0  # "run" now wants girish too: only it is redone
+    again = json.loads(out.read_text())
+    assert [r["protocol"] for r in again if r["run"].startswith("other")] == [r["protocol"] for r in rows[2:]]
+    assert [r["protocol"] for r in again if r["run"].startswith("run")] == [
+        "kmeans@true_k", "kmeans@auto", "girish", "girish@found"]
+    assert (tmp_path / "work" / "run").is_dir() and not (tmp_path / "work" / "other").exists()
