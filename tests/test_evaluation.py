@@ -317,3 +317,25 @@ def test_cli_evaluate_missing_run(toy_benchmark: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "empty"), "--data", str(toy_benchmark),
                                    "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "model bundle" in res.output
+
+
+def test_baselines_robustness_table(tmp_path: Path) -> None:
+    """bench/baselines_table.py reads bench/robustness.py's tables back into one row per method."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_baselines_table",
+                                                  Path(__file__).resolve().parents[1] / "bench" / "baselines_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    (tmp_path / "split2-arpl.txt").write_text(
+        "# bench/robustness.py model=x\n| perturbation | Acc | AUROC all |\n|---|---:|---:|\n"
+        "| none | 97.9 | 81.3 |\n| jpeg75 | 66.3 | 57.7 |\n", encoding="utf-8")
+    (tmp_path / "split2-pose.txt").write_text("Traceback: it failed\n", encoding="utf-8")
+    assert mod.read_robustness(tmp_path / "split2-arpl.txt") == {"none": {"Acc": 97.9, "AUROC all": 81.3},
+                                                                "jpeg75": {"Acc": 66.3, "AUROC all": 57.7}}
+    with pytest.raises(ValueError, match="split2-pose.txt: no robustness table"):
+        mod.robustness_table(tmp_path, "split2", "acc")
+    (tmp_path / "split2-pose.txt").unlink()
+    table = mod.robustness_table(tmp_path, "split2", "auroc").splitlines()
+    assert table[0].startswith("| method | none | jpeg95 |") and len(table) == 3
+    assert table[2].startswith("| arpl | 81.3 | – | – | 57.7 |")
