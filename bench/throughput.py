@@ -14,6 +14,10 @@ rows, noted ``*``):
   crop. ``forward nchw``: the same with the input in the
   default layout instead of channels-last (``osma.precision.channels_last``), measured in
   alternation with ``forward``; reference: ``forward``.
+* ``decode``: one thread decoding a folder of crop-sized PNGs and one of JPEGs (quality 90),
+  ``osma.images.load_image`` (bounds, integrity checks: a JPEG is decoded twice, see its
+  docstring) and plain Pillow (``Image.open(...).convert("RGB")``) in alternation, images per
+  second of the thread's CPU time; reference: Pillow on the same files.
 * ``attribute``: ``osma attribute`` end to end (model load, decode, crop, embed, score, JSONL
   written) on a folder of crop-sized PNGs and one of JPEGs, per crop and precision;
   reference: ``forward`` at that crop and precision (issue 17 asks for >= 0.80).
@@ -29,7 +33,7 @@ rows, noted ``*``):
   ``forwards=shared`` and ``concat`` (3 network passes a step instead of 5), whose
   reference is POSE's default at that crop.
 
-``--sections train,forward`` runs only those (``matmul``, ``forward``, ``attribute``,
+``--sections train,forward`` runs only those (``matmul``, ``forward``, ``decode``, ``attribute``,
 ``server``, ``train``; a ratio whose reference was not run is left out).
 
 ``--quick`` runs everything at a tiny size (crop 32, few images, short windows) to check
@@ -173,6 +177,37 @@ def sec_attribute(p: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def sec_decode(p: dict[str, Any]) -> list[dict[str, Any]]:
+    """One thread decoding crop-sized files: osma's safe decode and plain Pillow, CPU time."""
+    import numpy as np
+    from PIL import Image
+
+    from osma.images import load_image
+
+    def pillow(path: Path) -> np.ndarray:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+
+    rows = []
+    for fmt in ("PNG", "JPEG"):
+        folder = Path(p["tmp"]) / f"decode_{fmt.lower()}{p['crop']}"
+        _write_images(folder, int(p["images"]), p["crop"], fmt)
+        files = sorted(folder.iterdir())
+        decoders = {"pillow": pillow, "osma": load_image}
+        best = dict.fromkeys(decoders, 0.0)
+        for fn in decoders.values():
+            fn(files[0])  # first-call costs
+        for _ in range(3):  # the two decoders in alternation, the fastest of three rounds kept
+            for name, fn in decoders.items():
+                t0 = time.thread_time()  # CPU time of this thread: little moved by other processes
+                for f in files:
+                    fn(f)
+                best[name] = max(best[name], len(files) / (time.thread_time() - t0))
+        rows += [{"what": f"decode {fmt.lower()} {name}", "crop": p["crop"], "precision": "", "value": v,
+                  "unit": "img/s", "note": "1 thread, CPU time"} for name, v in best.items()]
+    return rows
+
+
 def sec_bundle(p: dict[str, Any]) -> list[dict[str, Any]]:
     _model(p["crop"], "cpu").save(Path(p["tmp"]) / f"bundle{p['crop']}")
     return []
@@ -257,8 +292,9 @@ def sec_train(p: dict[str, Any]) -> list[dict[str, Any]]:
              "value": last["batches"] * 8 * len(CLASSES) / last["seconds"], "unit": "img/s"}]
 
 
-ALL_SECTIONS = ("matmul", "forward", "attribute", "server", "train")
-SECTIONS = {"matmul": sec_matmul, "forward": sec_forward, "attribute": sec_attribute, "bundle": sec_bundle,
+ALL_SECTIONS = ("matmul", "forward", "decode", "attribute", "server", "train")
+SECTIONS = {"matmul": sec_matmul, "forward": sec_forward, "decode": sec_decode, "attribute": sec_attribute,
+            "bundle": sec_bundle,
             "loadgen": sec_loadgen, "train": sec_train}
 
 
@@ -384,6 +420,10 @@ def main(argv: list[str] | None = None) -> int:
                 new, peak = run_section("forward", {"crop": crop, "batch": 32 if q else 256, "device": dev,
                                                     "seconds": secs, "precisions": precs})
                 add(new, peak, True)
+            if "decode" in todo:
+                new, peak = run_section("decode", {"crop": crop, "images": 64 if q else max(64, 2000 * 32 * 32 // (crop * crop)),
+                                                   "tmp": str(tmp)})
+                add(new, peak, True)
             if {"attribute", "server"} & todo:
                 run_section("bundle", {"crop": crop, "tmp": str(tmp)})
             if "attribute" in todo:
@@ -418,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
             ref, ref_name = find("forward", c, "fp32"), "forward fp32"
         elif w == "forward nchw":
             ref, ref_name = find("forward", c, p), f"forward {p}"
+        elif w.startswith("decode") and w.endswith("osma"):
+            ref_name = w.replace("osma", "pillow")
+            ref = find(ref_name, c, "")
         elif w.startswith("attribute"):
             ref, ref_name = find("forward", c, p), f"forward {p}"
         elif w.startswith("server"):

@@ -239,6 +239,24 @@ def test_jpeg_truncations_are_all_refused_and_complete_files_decode(kw: dict) ->
     assert tried > 10
 
 
+def test_entropy_marker_search_matches_the_regular_expression() -> None:
+    """The marker search of the JPEG walk finds what ``\\xff+[\\x01-\\xfe]`` finds, from every offset."""
+    import re
+
+    from osma.images.decode import _ecs_marker
+
+    rx = re.compile(rb"\xff+[\x01-\xfe]")
+    rng = np.random.default_rng(0)
+    cases = [b"", b"\xff", b"\xff\xff", b"\xff\x00", b"\xff\xd9", b"\xff\xff\xd9", b"ab\xff\x00\xff\xff\x00\xff\xd0x",
+             b"\xff\xff\xff", b"\x00\xff\xfe", b"\xff\x00\xff"]
+    for _ in range(300):  # random bytes rich in 0xFF, 0x00 and markers
+        cases.append(bytes(rng.choice([0x00, 0xFF, 0xD0, 0xD9, 0x01, 0xFE, 0x37], size=int(rng.integers(0, 40)))))
+    for data in cases:
+        for i in range(len(data) + 1):
+            m = rx.search(data, i)
+            assert _ecs_marker(data, i) == (None if m is None else m.span()), (data, i)
+
+
 def test_jpeg_variants_still_decode_exactly() -> None:
     rng = np.random.default_rng(3)
     for (w, h), mode, kw in [
