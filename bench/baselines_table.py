@@ -8,7 +8,8 @@ Rows in a fixed order (POSE, the softmax network and its post-hoc scores, the op
 recognition baselines, metric learning, the attribution baselines); rows without a report
 are left out. s/epoch: "–" for a re-scored run (no training); PRNU's fitting time instead.
 The robustness table has one column per perturbation: closed-set accuracy (``--metric acc``)
-or AUROC over all unknown images (``auroc``), in %.
+or AUROC over all unknown images (``auroc``), in %; a file without a table (a run still
+going, or failed) is named on stderr and left out.
 """
 from __future__ import annotations
 
@@ -70,7 +71,11 @@ def robustness_table(root: Path, split: str, metric: str) -> str:
         f = root / f"{split}-{m}.txt"
         if not f.exists():
             continue
-        rows = read_robustness(f)
+        try:
+            rows = read_robustness(f)
+        except ValueError as exc:  # still running, or failed: said, and left out
+            print(f"left out: {exc}", file=sys.stderr)
+            continue
         lines.append(f"| {m} | " + " | ".join(f"{rows[p][column]:.1f}" if p in rows else "–"
                                              for p in PERTURBATIONS) + " |")
     return "\n".join(lines) + "\n"
