@@ -103,22 +103,20 @@ def main(argv: list[str] | None = None) -> int:
         row("kmeans@true_k", cluster(emb, n_true, seed=args.seed).labels, truth, time.time() - t)
         t = time.time()
         row("kmeans@auto", cluster(emb, "auto", k_max=args.k_max, seed=args.seed).labels, truth, time.time() - t)
-        if "girish" not in wanted:
-            _save(json_out, rows, saved, args.split)
-            continue
-        t = time.time()
-        res = girish_discover(model, [paths[i] for i in kept], work / Path(run).name, girish_options)
-        sec = time.time() - t
-        assert len(res.paths) == len(kept)  # the same readable images, in the same order
-        row("girish", res.full_labels(), truth, sec)
-        found = res.found
-        inside = found >= 0
-        if inside.any():
-            row("girish@found", found[inside], truth[inside], sec, coverage=float(inside.mean()))
-        else:
-            rows.append({"run": name, "path": str(run), "split": args.split, "protocol": "girish@found", "k": 0,
-                         "nmi": None, "purity": None, "ari": None, "seconds": round(sec, 1), "coverage": 0.0})
-        _save(json_out, rows, saved, args.split)
+        if "girish" in wanted:
+            t = time.time()
+            res = girish_discover(model, [paths[i] for i in kept], work / Path(run).name, girish_options)
+            sec = time.time() - t
+            assert len(res.paths) == len(kept)  # the same readable images, in the same order
+            row("girish", res.full_labels(), truth, sec)
+            found = res.found
+            inside = found >= 0
+            if inside.any():
+                row("girish@found", found[inside], truth[inside], sec, coverage=float(inside.mean()))
+            else:
+                rows.append({"run": name, "path": str(run), "split": args.split, "protocol": "girish@found", "k": 0,
+                             "nmi": None, "purity": None, "ari": None, "seconds": round(sec, 1), "coverage": 0.0})
+        _save(json_out, rows, saved)
 
     def fmt(v: object, col: str) -> str:
         return "" if v is None else f"{v:.{1 if col == 'seconds' else 3}f}" if isinstance(v, float) else str(v)
@@ -132,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _save(json_out: Path | None, rows: list[dict], saved: list[dict], split: str) -> None:
+def _save(json_out: Path | None, rows: list[dict], saved: list[dict]) -> None:
     """Write the rows so far (and the saved rows of other runs or splits) to ``json_out``."""
     if json_out is None:
         return
