@@ -2,11 +2,16 @@
 robustness from bench/robustness.py outputs (as bench/baselines_mini.sh writes them).
 
     python bench/baselines_table.py OUT/reports/SPLIT
+    python bench/baselines_table.py OUT/reports --splits split1,split2,... [--against pose]
     python bench/baselines_table.py --robustness OUT/robustness --split SPLIT [--metric acc|auroc]
 
 Rows in a fixed order (POSE, the softmax network and its post-hoc scores, the open-set
 recognition baselines, metric learning, the attribution baselines); rows without a report
 are left out. s/epoch: "–" for a re-scored run (no training); PRNU's fitting time instead.
+With ``--splits`` (reports = OUT/reports): mean ± sample std over the splits each method has
+(the number in the last column), then the paired comparison the papers' claims are about:
+per unknown group, the mean over splits of (``--against`` method minus row method) on AUROC
+and on OSCR, with the number of splits where the ``--against`` method is ahead.
 The robustness table has one column per perturbation: closed-set accuracy (``--metric acc``)
 or AUROC over all unknown images (``auroc``), in %; a file without a table (a run still
 going, or failed) is named on stderr and left out.
@@ -18,6 +23,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ORDER = ["pose", "softmax", "softmax-12ep", "softmax+max_logit", "softmax+energy", "softmax+mahalanobis",
          "softmax+knn", "openmax", "proser", "arpl", "arpl+cs", "dias", "metric", "prnu", "dct_cnn", "yu", "dna_det",
          "repmix"]
@@ -26,23 +33,77 @@ PERTURBATIONS = ["none", "jpeg95", "jpeg85", "jpeg75", "jpeg60", "down0.75-area"
                  "noise2", "noise5"]
 
 
+GROUPS = ("seed", "arch", "dataset", "all")
+#: the metric columns of the methods tables (fractions, shown in %)
+METRICS = ["Acc", *[f"AUROC {g}" for g in GROUPS], *[f"OSCR {g}" for g in GROUPS], "aF1", "CRR", "aF1-CRR AUC"]
+HEAD = "| method | " + " | ".join(METRICS) + " | s/epoch |"
+
+
+def _metrics(r: dict) -> dict[str, float]:
+    """The :data:`METRICS` of one report.json, as fractions."""
+    o, fa = r["open_set"], r["fang"]
+    vals = [r["closed_set"]["accuracy"], *[o[g]["auroc"] for g in GROUPS], *[o[g]["oscr"] for g in GROUPS],
+            fa["af1"], fa["crr"], fa["af1_crr_auc"]]
+    return dict(zip(METRICS, map(float, vals)))
+
+
+def _seconds(m: str, reports: list[dict]) -> str:
+    """The s/epoch cell: "–" for a re-scored run, PRNU's fitting time, else the mean over ``reports``."""
+    b = [r.get("bench", {}) for r in reports]
+    if any(x.get("rescored") for x in b):
+        return "–"
+    key = "seconds" if m == "prnu" else "seconds_per_epoch"
+    mean = sum(x.get(key, 0.0) for x in b) / len(b)
+    return f"fit {mean:.0f} s" if m == "prnu" else f"{mean:.1f}"
+
+
+def _load(root: Path, split: str, m: str) -> dict | None:
+    f = root / split / m / "report.json"
+    return json.loads(f.read_text(encoding="utf-8")) if f.exists() else None
+
+
 def methods_table(root: Path) -> str:
     """Markdown table of the reports under ``root`` (= OUT/reports/SPLIT)."""
-    lines = ["| method | Acc | AUROC seed | AUROC arch | AUROC dataset | AUROC all | OSCR seed | OSCR arch | "
-             "OSCR dataset | OSCR all | aF1 | CRR | aF1-CRR AUC | s/epoch |",
-             "|---|" + "---:|" * 13]
+    lines = [HEAD, "|---|" + "---:|" * (len(METRICS) + 1)]
     for m in ORDER:
-        f = root / m / "report.json"
-        if not f.exists():
+        r = _load(root.parent, root.name, m)
+        if r is None:
             continue
-        r = json.loads(f.read_text(encoding="utf-8"))
-        o, fa = r["open_set"], r["fang"]
-        cells = [r["closed_set"]["accuracy"]] + [o[g]["auroc"] for g in ("seed", "arch", "dataset", "all")] + \
-                [o[g]["oscr"] for g in ("seed", "arch", "dataset", "all")] + [fa["af1"], fa["crr"], fa["af1_crr_auc"]]
-        b = r.get("bench", {})
-        sec = "–" if b.get("rescored") else (f"fit {b['seconds']:.0f} s" if m == "prnu"
-                                             else f"{b.get('seconds_per_epoch', 0):.1f}")
-        lines.append(f"| {m} | " + " | ".join(f"{100 * c:.1f}" for c in cells) + f" | {sec} |")
+        cells = _metrics(r)
+        lines.append(f"| {m} | " + " | ".join(f"{100 * cells[c]:.1f}" for c in METRICS) + f" | {_seconds(m, [r])} |")
+    return "\n".join(lines) + "\n"
+
+
+def splits_table(root: Path, splits: list[str]) -> str:
+    """Mean ± sample std over the splits under ``root`` (= OUT/reports) that have each method."""
+    lines = [HEAD + " splits |", "|---|" + "---:|" * (len(METRICS) + 2)]
+    for m in ORDER:
+        reps = [r for r in (_load(root, s, m) for s in splits) if r is not None]
+        if not reps:
+            continue
+        vals = np.array([[_metrics(r)[c] for c in METRICS] for r in reps]) * 100
+        std = vals.std(axis=0, ddof=1) if len(reps) > 1 else None
+        cells = [f"{v:.1f}" + (f" ± {e:.1f}" if std is not None else "")
+                 for v, e in zip(vals.mean(axis=0), std if std is not None else vals[0])]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {_seconds(m, reps)} | {len(reps)} |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_table(root: Path, splits: list[str], against: str = "pose") -> str:
+    """Per method: mean over the splits both have of (``against`` minus method), in points, on
+    AUROC and OSCR per unknown group, and in how many of those splits ``against`` is ahead."""
+    cols = [f"{k} {g}" for k in ("AUROC", "OSCR") for g in GROUPS]
+    lines = [f"| {against} minus | " + " | ".join(cols) + " | splits |", "|---|" + "---:|" * (len(cols) + 1)]
+    for m in ORDER:
+        if m == against:
+            continue
+        pairs = [(a, b) for a, b in ((_load(root, s, against), _load(root, s, m)) for s in splits)
+                 if a is not None and b is not None]
+        if not pairs:
+            continue
+        diff = np.array([[_metrics(a)[c] - _metrics(b)[c] for c in cols] for a, b in pairs]) * 100
+        cells = [f"{d:+.1f} ({int((diff[:, i] > 0).sum())}/{len(pairs)})" for i, d in enumerate(diff.mean(axis=0))]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {len(pairs)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -84,7 +145,10 @@ def robustness_table(root: Path, split: str, metric: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Print the table asked for."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("reports", nargs="?", type=Path, help="OUT/reports/SPLIT (the methods table)")
+    ap.add_argument("reports", nargs="?", type=Path,
+                    help="OUT/reports/SPLIT (the methods table), or OUT/reports with --splits")
+    ap.add_argument("--splits", help="comma-separated splits under OUT/reports: mean ± std and the paired table")
+    ap.add_argument("--against", default="pose", help="the method the paired table compares with (default pose)")
     ap.add_argument("--robustness", type=Path, help="OUT/robustness (the robustness table instead)")
     ap.add_argument("--split", default="split1", help="the split of the robustness files")
     ap.add_argument("--metric", choices=("acc", "auroc"), default="acc")
@@ -94,7 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     root = args.reports or args.robustness
     if not root.is_dir():
         ap.error(f"{root}: no such directory")
-    print(methods_table(root) if args.reports else robustness_table(root, args.split, args.metric), end="")
+    if args.robustness:
+        print(robustness_table(root, args.split, args.metric), end="")
+    elif args.splits:
+        splits = args.splits.split(",")
+        print(splits_table(root, splits))
+        print(f"Paired with {args.against}, in points: mean over the splits both have of ({args.against} minus the "
+              f"row), and (in brackets) the splits where {args.against} is ahead.\n")
+        print(paired_table(root, splits, args.against), end="")
+    else:
+        print(methods_table(root), end="")
     return 0
 
 

@@ -339,3 +339,39 @@ def test_baselines_robustness_table(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "left out: " in capsys.readouterr().err
     assert table[0].startswith("| method | none | jpeg95 |") and len(table) == 3
     assert table[2].startswith("| arpl | 81.3 | – | – | 57.7 |")
+
+
+def test_baselines_splits_and_paired_tables(tmp_path: Path) -> None:
+    """bench/baselines_table.py --splits: mean ± sample std per method and the paired differences
+    against POSE (mean of the per-split differences, splits where POSE is ahead), by hand."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_baselines_table",
+                                                  Path(__file__).resolve().parents[1] / "bench" / "baselines_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def report(split: str, m: str, auroc: float, oscr: float, acc: float, spe: float) -> None:
+        groups = {g: {"auroc": auroc + 0.01 * i, "oscr": oscr} for i, g in enumerate(mod.GROUPS)}
+        r = {"closed_set": {"accuracy": acc}, "open_set": groups,
+             "fang": {"af1": 0.5, "crr": 0.25, "af1_crr_auc": 0.4}, "bench": {"seconds_per_epoch": spe}}
+        (tmp_path / split / m).mkdir(parents=True)
+        (tmp_path / split / m / "report.json").write_text(json.dumps(r), encoding="utf-8")
+
+    report("s1", "pose", 0.80, 0.70, 0.90, 10.0)
+    report("s2", "pose", 0.84, 0.72, 0.94, 20.0)
+    report("s1", "proser", 0.82, 0.60, 0.97, 30.0)
+    report("s2", "proser", 0.80, 0.66, 0.95, 50.0)
+    report("s2", "arpl", 0.70, 0.80, 0.95, 5.0)  # one split only: no std, one pair
+    lines = mod.splits_table(tmp_path, ["s1", "s2"]).splitlines()
+    assert lines[0].endswith("| s/epoch | splits |")
+    pose = lines[2].split(" | ")
+    # Acc 92.0 ± std(90, 94) = 2.83; AUROC seed 82.0 ± 2.83; s/epoch mean 15.0; 2 splits
+    assert pose[1] == "92.0 ± 2.8" and pose[2] == "82.0 ± 2.8" and pose[-2] == "15.0" and pose[-1] == "2 |"
+    assert lines[4].split(" | ")[1:3] == ["95.0", "70.0"]  # arpl: a value, no ± (one split)
+    paired = mod.paired_table(tmp_path, ["s1", "s2"]).splitlines()
+    proser, arpl = (p.split(" | ") for p in paired[2:4])
+    assert proser[0] == "| proser" and arpl[0] == "| arpl"
+    # AUROC seed: (80 - 82 + 84 - 80) / 2 = +1.0, ahead in s2 only; OSCR: (70 - 60 + 72 - 66) / 2 = +8.0, 2/2
+    assert proser[1] == "+1.0 (1/2)" and proser[5] == "+8.0 (2/2)" and proser[-1] == "2 |"
+    assert arpl[1] == "+14.0 (1/1)" and arpl[5] == "-8.0 (0/1)"
