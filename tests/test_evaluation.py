@@ -209,11 +209,11 @@ def test_predict_samples_real_files(tmp_path: Path) -> None:
     assert sorted(Path(p).name for p, _ in out.failed) == ["missing.png", "truncated.png"]
 
 
-def _bench_module():  # noqa: ANN202
+def _bench_module(name: str = "methods"):  # noqa: ANN202
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "methods.py"
-    spec = importlib.util.spec_from_file_location("bench_methods", path)
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -375,3 +375,27 @@ def test_baselines_splits_and_paired_tables(tmp_path: Path) -> None:
     # AUROC seed: (80 - 82 + 84 - 80) / 2 = +1.0, ahead in s2 only; OSCR: (70 - 60 + 72 - 66) / 2 = +8.0, 2/2
     assert proser[1] == "+1.0 (1/2)" and proser[5] == "+8.0 (2/2)" and proser[-1] == "2 |"
     assert arpl[1] == "+14.0 (1/1)" and arpl[5] == "-8.0 (0/1)"
+
+
+def test_score_diagnostics_agree_with_the_report(toy_benchmark: Path, tmp_path: Path) -> None:
+    """bench/score_diagnostics.py on every unknown image: its known-vs-unknown AUROC (sklearn) is
+    the report's AUROC over all unknowns (osma.metrics), its accuracy the report's, and the
+    per-class rows' accuracies average back to it."""
+    from osma import methods
+    from osma.data import load_split
+
+    diag = _bench_module("score_diagnostics")
+    methods.train(toy_benchmark, "split1", "softmax", tmp_path / "run", epochs=1, device="cpu", seed=0, workers=0)
+    split = load_split(toy_benchmark, "split1")
+    report = evaluation.evaluate(methods.load_attributor(tmp_path / "run", "cpu"), split, tmp_path / "rep", plots=False)
+    unknown = [s for group in split.test_out.values() for s in group]
+    text = diag.diagnose(tmp_path / "run", split, unknown, device="cpu")
+    head = text.splitlines()[0]
+    assert f"accuracy {report['closed_set']['accuracy']:.3f};" in head
+    assert f"AUROC known-vs-unknown {report['open_set']['all']['auroc']:.3f};" in head
+    rows = [line.split(" | ") for line in text.splitlines()[3:]]
+    assert [r[0].lstrip("| ") for r in rows] == split.known_classes
+    counts = [sum(s.label == c for s in split.test) for c in split.known_classes]
+    acc = sum(float(r[1]) * n for r, n in zip(rows, counts)) / sum(counts)
+    assert acc == pytest.approx(report["closed_set"]["accuracy"], abs=0.01)
+    assert sum(float(r[3]) for r in rows) == pytest.approx(1.0, abs=0.02)  # every unknown goes somewhere
