@@ -19,11 +19,16 @@ going, or failed) is named on stderr and left out.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+
+_spec = importlib.util.spec_from_file_location("bench_methods", Path(__file__).with_name("methods.py"))
+bench_methods = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_methods)
 
 ORDER = ["pose", "softmax", "softmax-12ep", "softmax+max_logit", "softmax+energy", "softmax+mahalanobis",
          "softmax+knn", "openmax", "proser", "arpl", "arpl+cs", "dias", "metric", "prnu", "dct_cnn", "yu", "dna_det",
@@ -33,18 +38,16 @@ PERTURBATIONS = ["none", "jpeg95", "jpeg85", "jpeg75", "jpeg60", "down0.75-area"
                  "noise2", "noise5"]
 
 
-GROUPS = ("seed", "arch", "dataset", "all")
-#: the metric columns of the methods tables (fractions, shown in %)
+GROUPS = bench_methods.GROUPS
+#: the metric columns of the methods tables (fractions, shown in %), as bench/methods.py reads them
 METRICS = ["Acc", *[f"AUROC {g}" for g in GROUPS], *[f"OSCR {g}" for g in GROUPS], "aF1", "CRR", "aF1-CRR AUC"]
+COLUMNS = [next(c for c in bench_methods.COLUMNS if c[0] == h) for h in METRICS]
 HEAD = "| method | " + " | ".join(METRICS) + " | s/epoch |"
 
 
-def _metrics(r: dict) -> dict[str, float]:
+def _metrics(r: dict) -> dict[str, float | None]:
     """The :data:`METRICS` of one report.json, as fractions."""
-    o, fa = r["open_set"], r["fang"]
-    vals = [r["closed_set"]["accuracy"], *[o[g]["auroc"] for g in GROUPS], *[o[g]["oscr"] for g in GROUPS],
-            fa["af1"], fa["crr"], fa["af1_crr_auc"]]
-    return dict(zip(METRICS, map(float, vals)))
+    return {h: bench_methods._get(r, path) for h, path, _ in COLUMNS}
 
 
 def _seconds(m: str, reports: list[dict]) -> str:
@@ -81,10 +84,9 @@ def splits_table(root: Path, splits: list[str]) -> str:
         reps = [r for r in (_load(root, s, m) for s in splits) if r is not None]
         if not reps:
             continue
-        vals = np.array([[_metrics(r)[c] for c in METRICS] for r in reps]) * 100
-        std = vals.std(axis=0, ddof=1) if len(reps) > 1 else None
-        cells = [f"{v:.1f}" + (f" ± {e:.1f}" if std is not None else "")
-                 for v, e in zip(vals.mean(axis=0), std if std is not None else vals[0])]
+        row = bench_methods.summarize({m: reps}, COLUMNS)[m]
+        cells = [f"{100 * row[c]['mean']:.1f}" + (f" ± {100 * row[c]['std']:.1f}" if row[c]["n"] > 1 else "")
+                 for c in METRICS]
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {_seconds(m, reps)} | {len(reps)} |")
     return "\n".join(lines) + "\n"
 

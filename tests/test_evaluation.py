@@ -321,12 +321,7 @@ def test_cli_evaluate_missing_run(toy_benchmark: Path, tmp_path: Path) -> None:
 
 def test_baselines_robustness_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """bench/baselines_table.py reads bench/robustness.py's tables back into one row per method."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_baselines_table",
-                                                  Path(__file__).resolve().parents[1] / "bench" / "baselines_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench_module("baselines_table")
     (tmp_path / "split2-arpl.txt").write_text(
         "# bench/robustness.py model=x\n| perturbation | Acc | AUROC all |\n|---|---:|---:|\n"
         "| none | 97.9 | 81.3 |\n| jpeg75 | 66.3 | 57.7 |\n", encoding="utf-8")
@@ -344,12 +339,7 @@ def test_baselines_robustness_table(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_baselines_splits_and_paired_tables(tmp_path: Path) -> None:
     """bench/baselines_table.py --splits: mean ± sample std per method and the paired differences
     against POSE (mean of the per-split differences, splits where POSE is ahead), by hand."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_baselines_table",
-                                                  Path(__file__).resolve().parents[1] / "bench" / "baselines_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench_module("baselines_table")
 
     def report(split: str, m: str, auroc: float, oscr: float, acc: float, spe: float) -> None:
         groups = {g: {"auroc": auroc + 0.01 * i, "oscr": oscr} for i, g in enumerate(mod.GROUPS)}
