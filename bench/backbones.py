@@ -4,6 +4,7 @@ embedding network, with and without forensic pretraining, on every split of a be
     python bench/backbones.py DATA_LIST.yaml [--splits split1,split2] [--epochs N]
         [--pretrain-epochs N] [--out DIR] [--backbones mislnet,xception,resnet50,camid_cnn,srnet]
         [--device auto] [--seed 0] [--option KEY=VALUE ...] [--score NAME]
+        [--variants scratch,pretrain] [--merge EARLIER_TABLE.json ...]
 
 For each backbone two runs: ``metric`` (ProxyNCA++, default score ``centroid``) trained
 from scratch for ``--epochs`` epochs, and the same after ``--pretrain-epochs`` epochs of
@@ -18,6 +19,11 @@ whose report exists is skipped and an interrupted one resumed (bench/methods.py'
 ``run_one``, which this script reuses with its ``summarize`` and ``to_markdown``). The table
 is printed and written to ``OUT/table.md`` and ``OUT/table.json``. ``--option`` (YAML value)
 is a training option of every run, e.g. ``--option crop=64 --option width=0.5``.
+
+A study can run in pieces (two processes on two cores, or sessions on different machines):
+``--variants pretrain`` trains only the pretrained runs, and ``--merge`` puts the rows of
+earlier ``table.json`` files (same splits, epochs, pretraining epochs and options, or an
+error says which differs) before this run's rows in the table written.
 """
 from __future__ import annotations
 
@@ -62,6 +68,31 @@ def metric_seconds_per_epoch(run_dir: Path, pretrain_epochs: int) -> float | Non
     return sum(secs) / len(secs) if secs else None
 
 
+VARIANTS = ("scratch", "pretrain")
+#: what must agree between tables merged into one
+_SAME = ("splits", "epochs", "pretrain_epochs", "options")
+
+
+def merge_rows(earlier: list[Path], current: dict) -> dict:
+    """The rows of the earlier ``table.json`` files, then ``current["backbones"]``'s rows.
+
+    Each earlier table must have the settings of ``current`` (``_SAME``); a row present in
+    both comes from ``current``.
+    """
+    rows: dict = {}
+    for path in earlier:
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"--merge {path}: cannot read a table.json ({e})") from e
+        for key in _SAME:
+            if old.get(key) != current.get(key):
+                raise ValueError(f"--merge {path}: its {key!r} is {old.get(key)!r}, this run's {current.get(key)!r}")
+        rows.update(old.get("backbones", {}))
+    rows.update(current["backbones"])
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -78,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="training option of every run (YAML value), e.g. --option crop=64")
     ap.add_argument("--score", default=None, metavar="NAME", help="knownness score (default: metric's centroid)")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help="which runs per backbone: scratch, pretrain or both (default)")
+    ap.add_argument("--merge", action="append", default=[], type=Path, metavar="TABLE.json",
+                    help="rows of an earlier table.json with the same settings, put before this run's")
     args = ap.parse_args(argv)
 
     from osma.data import split_names
@@ -97,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [b for b in backbones if b not in BACKBONES]
     if unknown:
         ap.error(f"unknown backbones {unknown}; choose from {sorted(BACKBONES)}")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants or any(v not in VARIANTS for v in variants):
+        ap.error(f"--variants {args.variants!r}: choose from {','.join(VARIANTS)}")
+    pretrains = [v == "pretrain" for v in VARIANTS if v in variants]
+    missing_merge = [str(p) for p in args.merge if not p.is_file()]
+    if missing_merge:
+        ap.error(f"--merge: no such file {missing_merge}")
     train_options: dict = {}
     for opt in args.option:
         key, sep, value = opt.partition("=")
@@ -111,11 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--score {args.score!r}: choose one of {sorted(SCORES)}")
         train_options["score"] = args.score
 
-    names = [run_name(b, p) for b in backbones for p in (False, True)]
+    names = [run_name(b, p) for b in backbones for p in pretrains]
     reports: dict[str, list[dict]] = {n: [] for n in names}
     for split in splits:
         for b in backbones:
-            for pre in (False, True):
+            for pre in pretrains:
                 name = run_name(b, pre)
                 p_epochs = args.pretrain_epochs if pre else 0
                 rep = bench_methods.run_one(
@@ -127,16 +169,23 @@ def main(argv: list[str] | None = None) -> int:
                 if sec is not None:
                     rep["bench"]["seconds_per_epoch"] = sec
                 reports[name].append(rep)
-    table = bench_methods.summarize(reports, COLUMNS)
+    result = {"splits": splits, "epochs": args.epochs, "pretrain_epochs": args.pretrain_epochs,
+              "options": train_options, "command": " ".join(sys.argv),
+              "backbones": bench_methods.summarize(reports, COLUMNS)}
+    if args.merge:
+        try:
+            result["backbones"] = merge_rows(args.merge, result)
+        except ValueError as e:
+            ap.error(str(e))
+        result["merged"] = [str(p) for p in args.merge]
+    table = result["backbones"]
     md = bench_methods.to_markdown(table, splits, COLUMNS, label="backbone")
     md += (f"\nmetric (ProxyNCA++, score {train_options.get('score', 'centroid')}), {args.epochs} epoch(s); "
            f"'-pretrain': after {args.pretrain_epochs} epoch(s) of forensic pretraining. "
            "s/epoch: seconds per metric-learning epoch.\n")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(md, encoding="utf-8")
-    (args.out / "table.json").write_text(json.dumps({
-        "splits": splits, "epochs": args.epochs, "pretrain_epochs": args.pretrain_epochs, "options": train_options,
-        "command": " ".join(sys.argv), "backbones": table}, indent=2) + "\n", encoding="utf-8")
+    (args.out / "table.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(md)
     print(f"written to {args.out / 'table.md'} and {args.out / 'table.json'}")
     return 0

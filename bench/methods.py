@@ -44,6 +44,9 @@ METHODS: dict[str, tuple[str, dict]] = {
     "pose-base": ("pose", {"variant": "base"}),
     "pose-am": ("pose", {"variant": "am"}),
     "pose": ("pose", {}),
+    # POSE trained as long as PROSER and softmax-12ep: run with --method-epochs pose-12ep=12
+    # (issue 13: is POSE's closed-set accuracy, hence its OSCR, a matter of training length?)
+    "pose-12ep": ("pose", {}),
     "metric": ("metric", {}),
     # post-hoc scores on the softmax network (issue 13's cheap baselines, OpenMax)
     "softmax+max_logit": ("softmax", {"rescore": "softmax", "score": "max_logit"}),

@@ -256,3 +256,22 @@ def test_bench_backbones_end_to_end(micro_zoo: Path, tmp_path: Path, capsys: pyt
     assert capsys.readouterr().out.count("done, skipping") == 2
     with pytest.raises(SystemExit):
         bench.main([str(micro_zoo), "--backbones", "no_such_net", "--out", str(out)])
+
+    # in pieces: one variant only, with the rows of an earlier table (same settings) before it
+    earlier = json.loads((out / "table.json").read_text())
+    earlier["backbones"] = {"other": earlier["backbones"]["camid_cnn"],
+                            "camid_cnn-pretrain": {h: {"mean": 0.0, "std": 0.0, "n": 1} for h in bench.HEADERS}}
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    capsys.readouterr()
+    assert bench.main([*args, "--variants", "pretrain", "--merge", str(tmp_path / "earlier.json")]) == 0
+    assert capsys.readouterr().out.count("done, skipping") == 1  # the pretrained run only
+    merged = json.loads((out / "table.json").read_text())
+    assert list(merged["backbones"]) == ["other", "camid_cnn-pretrain"]  # earlier rows first
+    assert merged["backbones"]["camid_cnn-pretrain"] == table["backbones"]["camid_cnn-pretrain"]  # this run's wins
+    assert merged["merged"] == [str(tmp_path / "earlier.json")]
+    earlier["epochs"] = 7
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    with pytest.raises(ValueError, match="'epochs' is 7"):
+        bench.merge_rows([tmp_path / "earlier.json"], merged)
+    with pytest.raises(SystemExit):
+        bench.main([*args, "--variants", "finetune"])
