@@ -140,8 +140,12 @@ def run_one(data: Path, split: str, name: str, out: Path, *, epochs: int, device
         methods.train(data, split, method, run_dir, epochs=epochs, device=device, seed=seed, resume=resume,
                       progress=False, **{**train_options, **options})
         secs = time.perf_counter() - t0
+        import torch
+
+        # the thread count decides the float summation order, hence the run's exact figures
         marker.write_text(json.dumps({"seconds": secs, "epochs": epochs, "seconds_per_epoch": secs / max(epochs, 1),
-                                      "resumed": resume}, indent=2), encoding="utf-8")
+                                      "resumed": resume, "threads": torch.get_num_threads()}, indent=2),
+                          encoding="utf-8")
     bench = json.loads(marker.read_text(encoding="utf-8"))
     print(f"[{split}/{name}] evaluating", flush=True)
     attributor = methods.load_attributor(run_dir, device)

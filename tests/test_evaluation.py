@@ -249,6 +249,9 @@ def test_bench_and_cli_end_to_end(toy_benchmark: Path, tmp_path: Path, capsys: p
     assert table["splits"] == ["split1"] and table["methods"]["softmax"]["s/epoch"]["mean"] > 0
     assert "| softmax |" in (out / "table.md").read_text()
     bench_rep = json.loads((out / "reports" / "split1" / "softmax" / "report.json").read_text())
+    import torch
+
+    assert bench_rep["bench"]["threads"] == torch.get_num_threads()  # what decides a run's exact figures
 
     rep_dir = tmp_path / "report"
     res = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(toy_benchmark), "--split", "split1",
