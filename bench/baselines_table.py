@@ -30,7 +30,7 @@ _spec = importlib.util.spec_from_file_location("bench_methods", Path(__file__).w
 bench_methods = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_methods)
 
-ORDER = ["pose", "softmax", "softmax-12ep", "softmax+max_logit", "softmax+energy", "softmax+mahalanobis",
+ORDER = ["pose", "pose-12ep", "softmax", "softmax-12ep", "softmax+max_logit", "softmax+energy", "softmax+mahalanobis",
          "softmax+knn", "openmax", "proser", "arpl", "arpl+cs", "dias", "metric", "prnu", "dct_cnn", "yu", "dna_det",
          "repmix"]
 #: the perturbations shown (bench/robustness.py has a few more: bilinear down-scaling, noise + JPEG)
