@@ -6,8 +6,8 @@ robustness from bench/robustness.py outputs (as bench/baselines_mini.sh writes t
     python bench/baselines_table.py --robustness OUT/robustness --split SPLIT [--metric acc|auroc]
 
 Rows in a fixed order (POSE, the softmax network and its post-hoc scores, the open-set
-recognition baselines, metric learning, the attribution baselines); rows without a report
-are left out. s/epoch: "–" for a re-scored run (no training); PRNU's fitting time instead.
+recognition baselines, metric learning, the attribution baselines: ``ORDER``); rows without
+a report are left out, and reports under a name ``ORDER`` lacks are named on stderr. s/epoch: "–" for a re-scored run (no training); PRNU's fitting time instead.
 With ``--splits`` (reports = OUT/reports): mean ± sample std over the splits each method has
 (the number in the last column), then the paired comparison the papers' claims are about:
 per unknown group, the mean over splits of (``--against`` method minus row method) on AUROC
@@ -65,8 +65,18 @@ def _load(root: Path, split: str, m: str) -> dict | None:
     return json.loads(f.read_text(encoding="utf-8")) if f.exists() else None
 
 
+def _say_unlisted(root: Path, splits: list[str]) -> None:
+    """Name on stderr the methods with reports under ``root/<split>`` that :data:`ORDER` lacks
+    (the tables show ORDER's methods only; a new bench name must be added there)."""
+    found = {d.name for s in splits if (root / s).is_dir() for d in (root / s).iterdir() if (d / "report.json").exists()}
+    if found - set(ORDER):
+        print(f"left out (not in bench/baselines_table.py's ORDER): {', '.join(sorted(found - set(ORDER)))}",
+              file=sys.stderr)
+
+
 def methods_table(root: Path) -> str:
     """Markdown table of the reports under ``root`` (= OUT/reports/SPLIT)."""
+    _say_unlisted(root.parent, [root.name])
     lines = [HEAD, "|---|" + "---:|" * (len(METRICS) + 1)]
     for m in ORDER:
         r = _load(root.parent, root.name, m)
@@ -79,6 +89,7 @@ def methods_table(root: Path) -> str:
 
 def splits_table(root: Path, splits: list[str]) -> str:
     """Mean ± sample std over the splits under ``root`` (= OUT/reports) that have each method."""
+    _say_unlisted(root, splits)
     lines = [HEAD + " splits |", "|---|" + "---:|" * (len(METRICS) + 2)]
     for m in ORDER:
         reps = [r for r in (_load(root, s, m) for s in splits) if r is not None]

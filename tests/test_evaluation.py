@@ -339,7 +339,7 @@ def test_baselines_robustness_table(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert table[2].startswith("| arpl | 81.3 | – | – | 57.7 |")
 
 
-def test_baselines_splits_and_paired_tables(tmp_path: Path) -> None:
+def test_baselines_splits_and_paired_tables(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """bench/baselines_table.py --splits: mean ± sample std per method and the paired differences
     against POSE (mean of the per-split differences, splits where POSE is ahead), by hand."""
     mod = _bench_module("baselines_table")
@@ -368,6 +368,14 @@ def test_baselines_splits_and_paired_tables(tmp_path: Path) -> None:
     # AUROC seed: (80 - 82 + 84 - 80) / 2 = +1.0, ahead in s2 only; OSCR: (70 - 60 + 72 - 66) / 2 = +8.0, 2/2
     assert proser[1] == "+1.0 (1/2)" and proser[5] == "+8.0 (2/2)" and proser[-1] == "2 |"
     assert arpl[1] == "+14.0 (1/1)" and arpl[5] == "-8.0 (0/1)"
+
+    # every name the tables show is a bench/methods.py name; a report under a name the tables
+    # do not list is named on stderr, not dropped silently
+    assert set(mod.ORDER) <= set(mod.bench_methods.METHODS)
+    report("s1", "my-variant", 0.5, 0.5, 0.5, 1.0)
+    capsys.readouterr()
+    assert "| my-variant" not in mod.splits_table(tmp_path, ["s1", "s2"])
+    assert "left out (not in bench/baselines_table.py's ORDER): my-variant" in capsys.readouterr().err
 
 
 def test_score_diagnostics_agree_with_the_report(toy_benchmark: Path, tmp_path: Path) -> None:
