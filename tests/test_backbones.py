@@ -213,14 +213,37 @@ def test_bad_sizes_are_rejected() -> None:
 
 
 # ---------------------------------------------------------------------------- bench/backbones.py
-def _bench_backbones():  # noqa: ANN202
+def _bench_script(name: str = "backbones"):  # noqa: ANN202
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "backbones.py"
-    spec = importlib.util.spec_from_file_location("bench_backbones", path)
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _bench_backbones():  # noqa: ANN202
+    return _bench_script("backbones")
+
+
+def test_backbone_sizes_step_time(capsys: pytest.CaptureFixture) -> None:
+    sizes = _bench_script("backbone_sizes")
+    net = create_backbone("mislnet", in_size=24, embed_dim=8)
+    before = [p.detach().clone() for p in net.parameters()]
+    assert sizes.step_seconds(net, 2, 24, steps=2) > 0
+    assert all(not torch.equal(b, p) for b, p in zip(before, net.parameters()) if p.requires_grad)  # real steps
+    assert sizes.main(["--crops", "24", "--backbones", "mislnet,camid_cnn", "--step-batch", "2", "--steps", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "train step (s, batch 2" in lines[0]
+    rows = [line.strip("|").split("|") for line in lines[2:]]
+    assert [r[0].strip() for r in rows] == ["mislnet", "camid_cnn"]
+    assert all(len(r) == 6 and float(r[5]) > 0 for r in rows)
+    assert sizes.main(["--crops", "24", "--backbones", "mislnet"]) == 0
+    assert "train step" not in capsys.readouterr().out  # timing only when asked
+    with pytest.raises(SystemExit):
+        sizes.main(["--backbones", "mislnet,no_such_net"])
+    assert "no_such_net" in capsys.readouterr().err
 
 
 def test_bench_metric_seconds_per_epoch(tmp_path: Path) -> None:
