@@ -6,7 +6,9 @@ learnable but non-trivial signal. The real built-in benchmark is the zoo (osma z
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -15,10 +17,19 @@ from PIL import Image
 from osma.data import UNKNOWN_GROUPS, write_benchmark
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 POSE_ANNOTATIONS = SHARED / "pose_annotations"
 
 KNOWN = ["real", "gan_a", "gan_b", "gan_c"]
 UNKNOWN = {"seed": ["gan_a_seed1"], "arch": ["gan_d"], "dataset": ["gan_b_data2"]}
+
+
+def load_bench(name: str) -> ModuleType:
+    """``bench/<name>.py`` as a fresh module (the bench scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def _fingerprint(name: str, size: int) -> np.ndarray:

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import load_bench
 from osma import methods
 from osma.data import load_split
 from osma.images import load_image
@@ -213,22 +214,8 @@ def test_bad_sizes_are_rejected() -> None:
 
 
 # ---------------------------------------------------------------------------- bench/backbones.py
-def _bench_script(name: str = "backbones"):  # noqa: ANN202
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _bench_backbones():  # noqa: ANN202
-    return _bench_script("backbones")
-
-
 def test_backbone_sizes_step_time(capsys: pytest.CaptureFixture) -> None:
-    sizes = _bench_script("backbone_sizes")
+    sizes = load_bench("backbone_sizes")
     net = create_backbone("mislnet", in_size=24, embed_dim=8)
     before = [p.detach().clone() for p in net.parameters()]
     assert sizes.step_seconds(net, 2, 24, steps=2) > 0
@@ -247,7 +234,7 @@ def test_backbone_sizes_step_time(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_bench_metric_seconds_per_epoch(tmp_path: Path) -> None:
-    bench = _bench_backbones()
+    bench = load_bench("backbones")
     recs = [{"epoch": 1, "seconds": 10.0}, {"epoch": 2, "seconds": 3.0}, {"epoch": 3, "seconds": 9.0},
             {"epoch": 3, "seconds": 5.0}]  # epoch 3 logged twice (a resumed run): the last counts
     (tmp_path / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
@@ -258,7 +245,7 @@ def test_bench_metric_seconds_per_epoch(tmp_path: Path) -> None:
 
 def test_bench_backbones_end_to_end(micro_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Both variants of one backbone train, evaluate and fill the table; a re-run skips them."""
-    bench = _bench_backbones()
+    bench = load_bench("backbones")
     out = tmp_path / "bench"
     args = [str(micro_zoo), "--splits", "split1", "--backbones", "camid_cnn", "--epochs", "1", "--pretrain-epochs", "1",
             "--out", str(out), "--device", "cpu", "--no-plots",

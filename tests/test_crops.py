@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import load_bench
 
 from osma.crops import AGGREGATIONS, CropOutputs, aggregate, crop_grid, image_crops
 from osma.images import eval_patch
@@ -314,12 +315,7 @@ def test_multi_crop_on_the_server_path_and_in_bf16() -> None:
 
 def test_bench_crops_summary_by_hand() -> None:
     """bench/crops.py: mean and population std over splits per (method, crops, agg)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("bench_crops", Path(__file__).resolve().parents[1] / "bench" / "crops.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("crops")
 
     def row(split: str, agg: str, acc: float, a_all: float | None) -> dict:
         return {"method": "pose", "split": split, "crops": 4, "agg": agg, "crops_per_img": 4.0, "acc": acc,

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import load_bench
 
 from osma import evaluation, images, metrics
 from osma.images import ImageError
@@ -209,18 +210,8 @@ def test_predict_samples_real_files(tmp_path: Path) -> None:
     assert sorted(Path(p).name for p, _ in out.failed) == ["missing.png", "truncated.png"]
 
 
-def _bench_module(name: str = "methods"):  # noqa: ANN202
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_bench_summary_and_markdown() -> None:
-    bench = _bench_module()
+    bench = load_bench("methods")
     reps = [{"closed_set": {"accuracy": 0.5}, "fang": {"af1": None}, "bench": {"seconds_per_epoch": 2.0}},
             {"closed_set": {"accuracy": 0.7}, "fang": {"af1": 0.4}, "bench": {"seconds_per_epoch": 4.0}}]
     table = bench.summarize({"softmax": reps})
@@ -239,7 +230,7 @@ def test_bench_and_cli_end_to_end(toy_benchmark: Path, tmp_path: Path, capsys: p
 
     from osma.cli import app
 
-    bench = _bench_module()
+    bench = load_bench("methods")
     out = tmp_path / "bench"
     args = [str(toy_benchmark), "--methods", "softmax", "--epochs", "1", "--out", str(out), "--device", "cpu"]
     assert bench.main(args) == 0
@@ -285,7 +276,7 @@ def test_bench_rescorings_embed_once(toy_benchmark: Path, tmp_path: Path, monkey
     """Several re-scorings of one run embed the split once and report as each re-scoring alone."""
     import shutil
 
-    bench = _bench_module()
+    bench = load_bench("methods")
     out, alone = tmp_path / "bench", tmp_path / "alone"
     args = [str(toy_benchmark), "--epochs", "1", "--device", "cpu", "--no-plots"]
     assert bench.main(args + ["--out", str(out), "--methods", "softmax"]) == 0
@@ -324,7 +315,7 @@ def test_cli_evaluate_missing_run(toy_benchmark: Path, tmp_path: Path) -> None:
 
 def test_baselines_robustness_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """bench/baselines_table.py reads bench/robustness.py's tables back into one row per method."""
-    mod = _bench_module("baselines_table")
+    mod = load_bench("baselines_table")
     (tmp_path / "split2-arpl.txt").write_text(
         "# bench/robustness.py model=x\n| perturbation | Acc | AUROC all |\n|---|---:|---:|\n"
         "| none | 97.9 | 81.3 |\n| jpeg75 | 66.3 | 57.7 |\n", encoding="utf-8")
@@ -342,7 +333,7 @@ def test_baselines_robustness_table(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_baselines_splits_and_paired_tables(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """bench/baselines_table.py --splits: mean ± sample std per method and the paired differences
     against POSE (mean of the per-split differences, splits where POSE is ahead), by hand."""
-    mod = _bench_module("baselines_table")
+    mod = load_bench("baselines_table")
 
     def report(split: str, m: str, auroc: float, oscr: float, acc: float, spe: float) -> None:
         groups = {g: {"auroc": auroc + 0.01 * i, "oscr": oscr} for i, g in enumerate(mod.GROUPS)}
@@ -385,7 +376,7 @@ def test_score_diagnostics_agree_with_the_report(toy_benchmark: Path, tmp_path: 
     from osma import methods
     from osma.data import load_split
 
-    diag = _bench_module("score_diagnostics")
+    diag = load_bench("score_diagnostics")
     methods.train(toy_benchmark, "split1", "softmax", tmp_path / "run", epochs=1, device="cpu", seed=0, workers=0)
     split = load_split(toy_benchmark, "split1")
     report = evaluation.evaluate(methods.load_attributor(tmp_path / "run", "cpu"), split, tmp_path / "rep", plots=False)

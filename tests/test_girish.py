@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_bench
 from typer.testing import CliRunner
 
 from osma import methods
@@ -177,12 +178,9 @@ def test_method_kmeans_is_the_default(micro_zoo: Path, micro_run: Path, tmp_path
 
 def test_bench_discovery_girish_on_chosen_runs(micro_zoo: Path, micro_run: Path, tmp_path: Path) -> None:
     """bench/discovery.py: k-means rows for every run, the girish pipeline only for --girish-runs."""
-    import importlib.util
     import shutil
 
-    spec = importlib.util.spec_from_file_location("bench_discovery", Path(__file__).parents[1] / "bench" / "discovery.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("discovery")
     other = tmp_path / "other"
     shutil.copytree(micro_run, other)
     out = tmp_path / "rows.json"

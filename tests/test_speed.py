@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import load_bench
 from serving import free_port, png_bytes, running
 from test_attribution import colour_image, make_fake
 from typer.testing import CliRunner
@@ -355,13 +356,9 @@ def test_pose_forwards_default_and_saved_runs(tmp_path: Path) -> None:
 def test_precision_bench_limit_keeps_order_and_unseen_real(micro_zoo: Path) -> None:
     """bench/precision.py --limit: at most N of every list, a random subset in list order;
     the unseen real images kept are those of the kept test images."""
-    import importlib.util
-
     from osma.data import load_split
 
-    spec = importlib.util.spec_from_file_location("bench_precision", Path(__file__).resolve().parents[1] / "bench" / "precision.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("precision")
     sp = load_split(micro_zoo, "split1")
     lim = bench.limit_split(sp, 5, seed=0)
     for full, part in [(sp.val, lim.val), (sp.test, lim.test), *[(sp.test_out[g], lim.test_out[g]) for g in sp.test_out]]:

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import POSE_ANNOTATIONS
+from conftest import POSE_ANNOTATIONS, load_bench
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
@@ -284,12 +284,7 @@ def test_report_unseen_real_by_hand(hand_split: SimpleNamespace, tmp_path: Path)
 
 
 def test_bench_columns_only_when_reported() -> None:
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "methods.py"
-    spec = importlib.util.spec_from_file_location("bench_methods_ur", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("methods")
     plain = {"closed_set": {"accuracy": 0.5}}
     table = bench.summarize({"m": [plain]})
     assert "UR accept" not in bench.to_markdown(table, ["split1"])
@@ -347,12 +342,7 @@ def test_train_and_evaluate_folder_with_unseen_real(micro_zoo: Path, tmp_path: P
 
 def test_bench_breakdown_by_hand() -> None:
     """bench/unseen_real.py's rows: seen / unseen x pipeline / JPEG / collection, at both taus."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "unseen_real.py"
-    spec = importlib.util.spec_from_file_location("bench_unseen_real", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("unseen_real")
     recs = [{"unseen": u, "pipeline": p, "jpeg": j, "collection": c} for u, p, j, c in [
         ("False", "box", "", "a"), ("False", "native", "90", "a"),
         ("True", "box", "", "b"), ("True", "box", "75", "a"), ("True", "native", "", "b")]]
@@ -395,12 +385,7 @@ def test_bench_real_class_variant_keeps_only_the_named_real_images(micro_zoo: Pa
 
 def test_bench_threshold_rules_by_hand() -> None:
     """bench/unseen_real.py's threshold rules: global, the real class's, one per class."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "unseen_real.py"
-    spec = importlib.util.spec_from_file_location("bench_unseen_real_rules", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("unseen_real")
 
     def outs(labels: list[str], pred: list[int], score: list[float]) -> SimpleNamespace:
         return SimpleNamespace(labels=labels, pred=np.array(pred), score=np.array(score))
