@@ -110,3 +110,90 @@ def test_request_threads_raise_anyio_limit() -> None:
         with running(app, free_port()) as port:
             got = httpx.get(f"http://127.0.0.1:{port}/tokens", timeout=TIMEOUT).json()["tokens"]
         assert got == want, n
+
+
+def _multipart(parts: list[tuple[str, str | None, bytes]], boundary: bytes = b"osmab", close: bool = True) -> bytes:
+    """A multipart/form-data body written by hand: (field name, filename or None, data) per part."""
+    out = b""
+    for name, filename, data in parts:
+        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+        out += b"--" + boundary + b"\r\nContent-Disposition: " + disp.encode() + b"\r\n\r\n" + data + b"\r\n"
+    return out + (b"--" + boundary + b"--\r\n" if close else b"")
+
+
+def test_multipart_parts_other_fields_and_malformed_bodies(server: tuple[str, Model]) -> None:
+    """The endpoint parses its multipart body itself (issue 17): only ``files`` parts count,
+    in order (a part without a filename is named ``upload``), and a malformed body is a 400."""
+    url, _ = server
+    red, blue = png_bytes(colour_image("red", 7)), png_bytes(colour_image("blue", 8))
+
+    def post(body: bytes, ctype: str = "multipart/form-data; boundary=osmab") -> httpx.Response:
+        return httpx.post(f"{url}/v1/attribute", content=body, headers={"content-type": ctype}, timeout=TIMEOUT)
+
+    r = post(_multipart([("note", None, b"ignored"), ("files", "r.png", red), ("files", None, blue)]))
+    assert r.status_code == 200, r.text
+    assert [(d["path"], d["source"]) for d in r.json()["results"]] == [("r.png", "red"), ("upload", "blue")]
+    r = post(_multipart([("note", None, b"x")]))
+    assert r.status_code == 422 and "no files" in r.json()["detail"]
+    r = post(_multipart([("files", "r.png", red)]), ctype="multipart/form-data")
+    assert r.status_code == 400 and "boundary" in r.json()["detail"]
+    r = post(b"not multipart at all")
+    assert r.status_code == 400 and "malformed" in r.json()["detail"]
+    r = post(_multipart([("files", "r.png", red)], close=False))  # cut before its closing boundary
+    assert r.status_code == 400 and "closing boundary" in r.json()["detail"]
+    r = post(_multipart([("files", "r.png", red)], boundary=b"other"))  # the body's boundary is not the header's
+    assert r.status_code == 400
+    r = post(_multipart([("note", None, b"")] * 1001))
+    assert r.status_code == 400 and "1000 parts" in r.json()["detail"]
+    assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_body_is_parsed_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsing, decoding and the JSON answer run in the request's worker thread: the event
+    loop, shared by every connection, only receives bodies (issue 17)."""
+    import asyncio
+
+    import osma.server
+
+    seen: list[bool] = []
+    real = osma.server._multipart_files
+
+    def recording(ctype: str, chunks: list[bytes]) -> list:
+        try:
+            asyncio.get_running_loop()
+            seen.append(True)
+        except RuntimeError:
+            seen.append(False)
+        return real(ctype, chunks)
+
+    monkeypatch.setattr(osma.server, "_multipart_files", recording)
+    app = create_app(Model(make_fake()))
+    with running(app, free_port()) as port:
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/attribute", timeout=TIMEOUT,
+                       files=[("files", ("a.png", png_bytes(colour_image("red", 1)), "image/png"))])
+    assert r.status_code == 200 and seen == [False]
+
+
+def test_client_gone_mid_body_is_no_server_error() -> None:
+    """A client that disconnects before its body is complete costs a 400 nobody reads, not an
+    'Exception in ASGI application' with a traceback in the server's log."""
+    import logging
+    import socket
+    import time
+
+    errors: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = errors.append  # type: ignore[method-assign]
+    app = create_app(Model(make_fake()))
+    with running(app, free_port()) as port:
+        logging.getLogger("uvicorn.error").addHandler(handler)  # uvicorn's loggers do not reach the root's
+        try:
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(b"POST /v1/attribute HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                          b"boundary=b\r\nContent-Length: 1000\r\n\r\n--b\r\n")
+                time.sleep(0.3)
+            time.sleep(0.5)
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=TIMEOUT).status_code == 200
+        finally:
+            logging.getLogger("uvicorn.error").removeHandler(handler)
+    assert not errors, [r.getMessage() for r in errors]

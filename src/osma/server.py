@@ -2,7 +2,8 @@
 
 Endpoints: ``POST /v1/attribute`` (repeatable multipart field ``files``; query ``tau``, a
 number or ``inf``/``-inf``, never NaN), ``GET /v1/sources``, ``GET /healthz``, OpenAPI docs
-at ``/docs``. Errors: 408 request not received in time, 413 request or image too large,
+at ``/docs``. Errors: 400 malformed multipart body (no boundary, no closing boundary,
+over 1000 parts), 408 request not received in time, 413 request or image too large,
 415 not an image (not an allowed format, e.g. EPS whatever its name), 422 corrupt or
 truncated image, no files, or a bad ``tau``; 503 too many open connections. The model is
 loaded once and shared; every prediction runs in one thread, the :class:`Batcher`'s (torch
@@ -23,6 +24,13 @@ for more only while other requests are still decoding, and never longer than
 request: a client alone is not delayed, and none by more than the window.
 ``--max-batch 1`` turns batching off. Requests run in threads, as many at once as ``max_connections``
 (:func:`request_threads`; anyio's default is 40).
+
+The request path is kept short because on a small machine it competes with the network
+for the same cores (docs/speed.md measures it): the event loop only receives the body;
+one worker thread per request parses the multipart body (python-multipart,
+:func:`_multipart_files`, instead of Starlette's form parser on the event loop), decodes,
+waits for its batch and renders the JSON answer (a ``JSONResponse``, not a dict for
+FastAPI to validate and encode).
 
 Limits against slow, oversized and concurrent clients (:func:`serve`, ``osma serve``):
 
@@ -73,8 +81,8 @@ Limits against slow, oversized and concurrent clients (:func:`serve`, ``osma ser
       + max_concurrent_decodes * (D(max_pixels) + 6 * max_pixels)    decoding
       + (max_connections + 1) * 64 * crops * 3 * crop**2     crops waiting for a batch
 
-  where ``U = max_upload_mb`` MB (Starlette keeps each uploaded file in memory up to 1 MB
-  and spools the rest to a temporary file, so U is the worst case of many small files;
+  where ``U = max_upload_mb`` MB (the body is received in memory, then turned into its
+  parts chunk by chunk, each chunk dropped once parsed; each part is dropped once decoded;
   ``max_connections + 1`` requests can be in the application at once, counting those whose
   client has gone), ``D(p)`` is the peak memory of decoding one image of ``p`` pixels,
   output included (the per-image bound of :func:`osma.images.decode.load_image`), and
@@ -101,8 +109,11 @@ import time
 import warnings
 from typing import Any, Optional
 
+import anyio.to_thread
 import numpy as np
-from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from osma import __version__
@@ -120,6 +131,13 @@ FRAMING_SLACK = 64 * 1024
 BACKSTOP_GRACE = 2.0
 #: decoded arrays are handed to the model in groups of at most this many images
 GROUP_IMAGES = 64
+#: parts of a multipart request at most (Starlette's default for its own parser)
+MAX_PARTS = 1000
+#: OpenAPI description of ``POST /v1/attribute``'s body (the endpoint parses it itself)
+ATTRIBUTE_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["files"],
+    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                             "description": "Images (PNG, JPEG, ...); the field repeats, one image each."}}}}}}
 #: how long the batcher waits for more requests after the first one of a batch (milliseconds)
 DEFAULT_BATCH_WINDOW_MS = 5.0
 #: images per model batch at most (a request's group is never split: a batch holds at least one)
@@ -259,6 +277,73 @@ class Batcher:
                         j.error = exc
         for j in batch:
             j.done.set()
+
+
+def _multipart_files(content_type: str, chunks: list[bytes]) -> list[tuple[str, bytearray]]:
+    """The ``files`` parts of a multipart/form-data body as ``(filename, data)``, in order.
+
+    The body's chunks are parsed with python-multipart in the request's thread (not on the
+    event loop, where Starlette's form parser would run) and dropped as they are fed, so the
+    request holds its upload about once. Other fields are skipped. ``400`` for a malformed
+    body (also one without its closing boundary) or more than :data:`MAX_PARTS` parts,
+    ``422`` when there are no files.
+    """
+    from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+
+    no_files = HTTPException(422, "no files: send images as the multipart field 'files'")
+    kind, params = parse_options_header(content_type)
+    if kind != b"multipart/form-data":
+        raise no_files
+    if not params.get(b"boundary"):
+        raise HTTPException(400, "malformed multipart body: no boundary in its Content-Type")
+    files: list[tuple[str, bytearray]] = []
+    part: dict[str, Any] = {}
+    header = [b"", b""]
+
+    def on_part_begin() -> None:
+        nonlocal part
+        part = {"disposition": b"", "data": None, "count": part.get("count", 0) + 1}
+        if part["count"] > MAX_PARTS:
+            raise HTTPException(400, f"malformed multipart body: more than {MAX_PARTS} parts")
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header[0] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header[1] += data[start:end]
+
+    def on_header_end() -> None:
+        if header[0].lower() == b"content-disposition":
+            part["disposition"] = header[1]
+        header[0] = header[1] = b""
+
+    def on_headers_finished() -> None:
+        _, opts = parse_options_header(part["disposition"])
+        if opts.get(b"name") == b"files":  # a file (with or without a filename); other fields are skipped
+            part["data"] = bytearray()
+            files.append((opts.get(b"filename", b"").decode("utf-8", "replace") or "upload", part["data"]))
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if part["data"] is not None:
+            part["data"] += data[start:end]
+
+    parser = MultipartParser(params[b"boundary"], {
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished, "on_part_data": on_part_data})
+    chunks.reverse()
+    try:
+        while chunks:
+            parser.write(chunks.pop())
+        parser.finalize()
+    except HTTPException:
+        raise
+    except Exception as exc:  # noqa: BLE001 - python-multipart's parse errors
+        raise HTTPException(400, f"malformed multipart body ({exc})") from None
+    if parser.state != MultipartState.END:
+        raise HTTPException(400, "malformed multipart body: it ends before its closing boundary")
+    if not files:
+        raise no_files
+    return files
 
 
 def _decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
@@ -522,38 +607,53 @@ def create_app(
         return {"method": model.method, "tau": model.tau, "precision": model.precision,
                 "sources": model.source_table()}
 
-    @app.post("/v1/attribute")
-    def attribute(
-        files: list[UploadFile] = File(...),  # noqa: B008
+    @app.post("/v1/attribute", response_class=JSONResponse, openapi_extra={"requestBody": ATTRIBUTE_BODY})
+    async def attribute(
+        request: Request,
         tau: Optional[float] = Query(  # noqa: B008
             None, description="Threshold (a number, inf or -inf); default: the model's calibrated tau."),
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """Attribute one or more uploaded images (multipart field ``files``, repeatable)."""
         _check_tau(tau)
-        if not files:
-            raise HTTPException(422, "no files: send images as the multipart field 'files'")
+        # the body arrives on the event loop (RequestGuard bounds its size and time); all
+        # else, parsing included, runs in one worker thread per request
+        try:
+            chunks = [chunk async for chunk in request.stream()]
+        except ClientDisconnect:  # nobody reads the answer; a 400 as FastAPI's body parsing gives
+            raise HTTPException(400, "the client disconnected before its body was complete") from None
+        ctype = request.headers.get("content-type", "")
+        return await anyio.to_thread.run_sync(predict, ctype, chunks, tau)
+
+    def predict(ctype: str, chunks: list[bytes], tau: Optional[float]) -> JSONResponse:
+        files = _multipart_files(ctype, chunks)
         results: list[Any] = []
         names: list[str] = []
         group: list[np.ndarray] = []
         held = 0
+        decoding = False  # holds a decode slot and counts as "busy" for the batcher
 
-        def flush() -> None:
-            # called with a decode slot held: give it back while the group waits for its batch
-            nonlocal group, held
+        def start_decoding() -> None:
+            nonlocal decoding
+            slots.acquire()  # at most max_concurrent_decodes requests decode at once
+            batcher.enter()  # "busy": the batcher may wait (at most its window) for this request's group
+            decoding = True
+
+        def flush(last: bool) -> None:
+            # give the decode slot back while the group waits for its batch; after the last
+            # group the request is done decoding and never queues for a slot again
+            nonlocal group, held, decoding
             patches, group, held = group, [], 0
             slots.release()
-            try:
-                results.extend(batcher.submit(patches, tau, leave=True))
-            finally:
-                slots.acquire()
-                batcher.enter()
+            decoding = False
+            results.extend(batcher.submit(patches, tau, leave=True))
+            if not last:
+                start_decoding()
 
         def decode_all() -> None:
             nonlocal held
             total = 0
-            for f in files:
-                name = f.filename or "upload"
-                data = f.file.read(max_bytes + 1 - total)
+            for i, (name, data) in enumerate(files):
+                files[i] = (name, bytearray())  # the request holds each upload until it is decoded, not longer
                 total += len(data)
                 if total > max_bytes:
                     raise HTTPException(413, f"upload is over the limit of {max_upload_mb:g} MB (at {name})")
@@ -569,22 +669,22 @@ def create_app(
                 del data
                 names.append(name)
                 group.append(arr)
-                if held >= group_bytes or len(group) >= GROUP_IMAGES:
-                    flush()
-            if group:
-                flush()
+                last = i == len(files) - 1
+                if last or held >= group_bytes or len(group) >= GROUP_IMAGES:
+                    flush(last)
 
-        with slots:  # at most max_concurrent_decodes requests decode at once
-            batcher.enter()  # "busy": the batcher may wait (at most its window) for this request's group
-            try:
-                decode_all()
-            finally:
+        start_decoding()
+        try:
+            decode_all()
+        finally:
+            if decoding:  # failed while decoding (a failed submit has already left)
                 batcher.leave()
+                slots.release()
         out = []
         for name, r in zip(names, results):
             r.path = name
             out.append(r.to_dict())
-        return {"results": out}
+        return JSONResponse({"results": out})  # rendered here, in the worker thread
 
     return app
 
