@@ -1,7 +1,7 @@
 """Throughput of osma on this machine, side by side in one run (issue 17).
 
     .venv/bin/python bench/throughput.py [--quick] [--crops 32,64,128] [--device cpu]
-        [--seconds 3] [--precisions fp32,bf16] [--json OUT.json]
+        [--seconds 3] [--precisions fp32,bf16] [--client raw|httpx] [--json OUT.json]
 
 Rows, each with a ratio to its reference and the peak resident memory of the process
 that ran it (``ru_maxrss`` from ``os.wait4``; a process's peak so far when it ran several
@@ -22,11 +22,15 @@ rows, noted ``*``):
   written) on a folder of crop-sized PNGs and one of JPEGs, per crop and precision;
   reference: ``forward`` at that crop and precision (issue 17 asks for >= 0.80).
 * ``server``: ``osma serve`` (its own process, precision auto) under 1, 10 and 50
-  concurrent clients (the load generator in its own process; one crop-sized PNG per
-  request), batching on (defaults) and off (``--max-batch 1``), both servers up at once and
-  loaded in turn, the order alternating per client count: requests/s, p50, p99;
-  reference: the same clients with batching off (for the ``off`` rows: ``attribute``
-  PNG fp32 at that crop, i.e. the share of the offline rate the server reaches).
+  concurrent clients (the load generator in its own process, ``--client raw`` a plain
+  socket per client, ``httpx`` an ``httpx.Client``; one crop-sized PNG per request), batching
+  on (defaults) and off (``--max-batch 1``), and the defaults with a model that costs nothing
+  (``no network``: each prediction a copy of one row, i.e. the HTTP path alone: receive,
+  parse, decode, crop, batcher, JSON), the three servers up at once and loaded in turn, the
+  order rotating per client count: requests/s, p50, p99, the load generator's CPU ms per
+  request; reference: the same clients with batching off (for the ``off`` rows:
+  ``attribute`` PNG fp32 at that crop, i.e. the share of the offline rate the server
+  reaches; for ``no network``: batching on, with the network).
 * ``train``: softmax, pose and metric training, images/s of the second epoch (the
   trainer's own epoch time, train_log.jsonl) on synthetic crop-sized images, 4 classes, 8
   per class per batch; reference: softmax at that crop. POSE also with
@@ -214,37 +218,84 @@ def sec_bundle(p: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def sec_loadgen(p: dict[str, Any]) -> list[dict[str, Any]]:
-    """``clients`` threads, each with its own connection, posting one PNG per request."""
+    """``clients`` threads, each with its own keep-alive connection, posting one PNG per request.
+
+    ``client="raw"`` (default): the multipart request is built once and written to a plain
+    socket, the answer read by its Content-Length (about 0.2 ms of CPU per request, so the
+    load generator takes little of the cores the server runs on); ``client="httpx"``: an
+    ``httpx.Client`` per thread (what a Python client costs, several ms per request). The CPU
+    time of this process per request is reported (``client_cpu_ms``).
+    """
+    import socket
     import threading
 
-    import httpx
     import numpy as np
 
     png = Path(p["png"]).read_bytes()
-    url = f"http://127.0.0.1:{p['port']}/v1/attribute"
+    kind = p.get("client", "raw")
+    boundary = b"osmathroughput7d3f"
+    body = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + png + b"\r\n--" + boundary + b"--\r\n")
+    request = (b"POST /v1/attribute HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary="
+               + boundary + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     lat: list[float] = []
     errors = [0]
     lock = threading.Lock()
-    clock = {"t0": 0.0}
+    clock = {"t0": 0.0, "cpu0": 0.0}
 
     def begin() -> None:  # the window opens when every client is connected and ready
         clock["t0"] = time.perf_counter()
+        t = os.times()
+        clock["cpu0"] = t.user + t.system
 
     start = threading.Barrier(p["clients"], action=begin)
 
+    def raw_post(s: socket.socket, buf: bytearray) -> int:
+        s.sendall(request)
+        while (end := buf.find(b"\r\n\r\n")) < 0:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            buf += chunk
+        head = bytes(buf[:end]).lower()
+        i = head.index(b"content-length:") + 15
+        size = int(head[i:head.index(b"\r\n", i) if b"\r\n" in head[i:] else len(head)])
+        while len(buf) < end + 4 + size:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            buf += chunk
+        del buf[:end + 4 + size]
+        return int(head[9:12])
+
     def client() -> None:
         mine = 0
-        with httpx.Client(timeout=60.0) as c:
+        if kind == "httpx":
+            import httpx
+
+            c = httpx.Client(timeout=60.0)
+            url = f"http://127.0.0.1:{p['port']}/v1/attribute"
+
+            def post() -> int:
+                return c.post(url, files=[("files", ("x.png", png, "image/png"))]).status_code
+        else:
+            c = socket.create_connection(("127.0.0.1", p["port"]), timeout=60.0)
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            buf = bytearray()
+
+            def post() -> int:
+                return raw_post(c, buf)
+        with c:
             start.wait()
             while True:  # at least one request each; none started after the window
                 t0 = time.perf_counter()
                 if t0 >= clock["t0"] + p["seconds"] and mine:
                     break
                 mine += 1
-                r = c.post(url, files=[("files", ("x.png", png, "image/png"))])
+                status = post()
                 dt = time.perf_counter() - t0
                 with lock:
-                    if r.status_code == 200:
+                    if status == 200:
                         lat.append(dt)
                     else:
                         errors[0] += 1
@@ -255,9 +306,34 @@ def sec_loadgen(p: dict[str, Any]) -> list[dict[str, Any]]:
     for t in threads:
         t.join()
     secs = time.perf_counter() - clock["t0"]
+    t = os.times()
+    cpu = t.user + t.system - clock["cpu0"]
     a = np.array(lat) if lat else np.array([float("nan")])
     return [{"requests_per_s": len(lat) / secs, "p50_ms": 1000 * float(np.percentile(a, 50)),
-             "p99_ms": 1000 * float(np.percentile(a, 99)), "errors": errors[0], "requests": len(lat)}]
+             "p99_ms": 1000 * float(np.percentile(a, 99)), "errors": errors[0], "requests": len(lat),
+             "client_cpu_ms": 1000 * cpu / max(len(lat) + errors[0], 1), "client": kind}]
+
+
+def sec_serve(p: dict[str, Any]) -> list[dict[str, Any]]:
+    """Not a measurement: ``osma.server.serve`` (what ``osma serve`` runs) on the bundle, with
+    ``network=False`` a model whose every prediction is a copy of one row computed at start:
+    the server's HTTP path alone (parse, decode, crop, batcher, JSON), without the network."""
+    import copy
+    import warnings
+
+    import numpy as np
+
+    import osma
+    from osma.server import serve
+
+    model = osma.load(p["bundle"], device=p["device"])
+    if not p["network"]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            row = model.attribute_prepared([model.prepare(np.zeros((p["crop"], p["crop"], 3), np.uint8))], [None])[0]
+        model.attribute_prepared = lambda patches, taus: [copy.copy(row) for _ in patches]  # type: ignore[method-assign]
+    serve(model, port=p["port"])
+    return []
 
 
 def sec_train(p: dict[str, Any]) -> list[dict[str, Any]]:
@@ -294,7 +370,7 @@ def sec_train(p: dict[str, Any]) -> list[dict[str, Any]]:
 
 ALL_SECTIONS = ("matmul", "forward", "decode", "attribute", "server", "train")
 SECTIONS = {"matmul": sec_matmul, "forward": sec_forward, "decode": sec_decode, "attribute": sec_attribute,
-            "bundle": sec_bundle,
+            "bundle": sec_bundle, "serve": sec_serve,
             "loadgen": sec_loadgen, "train": sec_train}
 
 
@@ -326,20 +402,30 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_servers(tmp: Path, crop: int, clients: list[int], seconds: float, device: str) -> list[dict[str, Any]]:
-    """``osma serve`` with batching off (``--max-batch 1``) and on (defaults), both in their own
-    processes at once; for each client count a load-generator process runs against one, then
-    the other (the order alternating), so that neither is favoured by when it ran."""
+SERVERS = {  # label: (--max-batch 1?, with the network?)
+    "batching off": (True, True), "batching on": (False, True), "batching on, no network": (False, False)}
+
+
+def run_servers(tmp: Path, crop: int, clients: list[int], seconds: float, device: str,
+                client: str = "raw") -> list[dict[str, Any]]:
+    """Three servers in their own processes at once: ``osma serve`` with batching off
+    (``--max-batch 1``) and on (defaults), and the defaults without the network
+    (:func:`sec_serve`); for each client count a load-generator process runs against each
+    in turn (the order rotating), so that none is favoured by when it ran."""
     import httpx
 
     servers = {}
-    for batching in (False, True):
+    for label, (unbatched, network) in SERVERS.items():
         port = _free_port()
-        cmd = [sys.executable, "-m", "osma", "serve", str(tmp / f"bundle{crop}"), "--port", str(port),
-               "--device", device] + ([] if batching else ["--max-batch", "1"])
-        servers[batching] = (port, subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL,
-                                                    stderr=subprocess.DEVNULL))
-    rows: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+        if network:
+            cmd = [sys.executable, "-m", "osma", "serve", str(tmp / f"bundle{crop}"), "--port", str(port),
+                   "--device", device] + (["--max-batch", "1"] if unbatched else [])
+        else:
+            cmd = [sys.executable, str(HERE), "--section", "serve", "--params", json.dumps(
+                {"bundle": str(tmp / f"bundle{crop}"), "port": port, "device": device, "crop": crop, "network": False})]
+        servers[label] = (port, subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL,
+                                                 stderr=subprocess.DEVNULL))
+    rows: dict[str, list[dict[str, Any]]] = {label: [] for label in servers}
     try:
         deadline = time.time() + 120
         for port, server in servers.values():
@@ -350,26 +436,28 @@ def run_servers(tmp: Path, crop: int, clients: list[int], seconds: float, device
                 except httpx.HTTPError:
                     pass
                 if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError("osma serve did not start")
+                    raise RuntimeError("a server did not start")
                 time.sleep(0.2)
         png = next((tmp / f"png{crop}").glob("*.png"))
+        labels = list(servers)
         for i, c in enumerate(clients):
-            for batching in ((False, True) if i % 2 == 0 else (True, False)):
-                (r,), _ = run_section("loadgen", {"port": servers[batching][0], "png": str(png), "clients": c,
-                                                  "seconds": seconds})
-                rows[batching].append({
-                    "what": f"server {c} clients, batching {'on' if batching else 'off'}", "crop": crop,
+            for label in labels[i % len(labels):] + labels[:i % len(labels)]:
+                (r,), _ = run_section("loadgen", {"port": servers[label][0], "png": str(png), "clients": c,
+                                                  "seconds": seconds, "client": client})
+                rows[label].append({
+                    "what": f"server {c} clients, {label}", "crop": crop,
                     "precision": "auto", "value": r["requests_per_s"], "unit": "req/s",
-                    "note": f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms"
-                            + (f", {r['errors']} errors" if r["errors"] else ""), "clients": c, **r})
+                    "note": f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, client {client} "
+                            f"{r['client_cpu_ms']:.1f} CPU ms/req" + (f", {r['errors']} errors" if r["errors"] else ""),
+                    "clients": c, **r})
     finally:
-        for batching, (_, server) in servers.items():
+        for label, (_, server) in servers.items():
             server.terminate()
             _, _, usage = os.wait4(server.pid, 0)
             server.returncode = 0
-            for r in rows[batching]:
+            for r in rows[label]:
                 r["peak_mb"] = usage.ru_maxrss / 1024
-    return rows[False] + rows[True]
+    return [r for label in servers for r in rows[label]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -383,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", default="fp32,bf16",
                     help="of the matmul, forward and attribute rows (bf16 where it is emulated takes long and says nothing)")
     ap.add_argument("--sections", default=",".join(ALL_SECTIONS), help="comma-separated, from " + ",".join(ALL_SECTIONS))
+    ap.add_argument("--client", default="raw", choices=("raw", "httpx"),
+                    help="the server rows' load generator: a plain socket (default) or httpx.Client")
     ap.add_argument("--section", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--params", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -434,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
             if "server" in todo:
                 if not (tmp / f"png{crop}").is_dir():  # the attribute section writes it
                     _write_images(tmp / f"png{crop}", 4, crop, "PNG")
-                add(run_servers(tmp, crop, clients, secs * (2 if q else 3), dev), None)
+                add(run_servers(tmp, crop, clients, secs * (2 if q else 3), dev, args.client), None)
             if "train" in todo:
                 runs = [("softmax", {}), ("pose", {}), ("pose", {"forwards": "shared"}),
                         ("pose", {"forwards": "concat"}), ("metric", {})]
@@ -463,9 +553,12 @@ def main(argv: list[str] | None = None) -> int:
             ref = find(ref_name, c, "")
         elif w.startswith("attribute"):
             ref, ref_name = find("forward", c, p), f"forward {p}"
+        elif w.startswith("server") and w.endswith("no network"):
+            ref_name = w.replace(", no network", "")
+            ref = find(ref_name, c, "auto")
         elif w.startswith("server"):
             if w.endswith("on"):
-                ref_name = w.replace("on", "off")
+                ref_name = w.replace("batching on", "batching off")
                 ref = find(ref_name, c, "auto")
             else:
                 ref, ref_name = find("attribute png", c, "fp32"), "attribute png fp32"
@@ -478,11 +571,11 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nosma throughput ({'QUICK: sizes too small to mean anything, ' if q else ''}device {dev}, "
           f"{os.cpu_count()} CPUs, torch threads {_torch_threads()})")
-    print(f"{'measurement':<36} {'crop':>4} {'prec':>5} {'value':>8} {'unit':<7} {'ratio':>5}  {'reference':<32} {'peak MB':>8}  note")
+    print(f"{'measurement':<44} {'crop':>4} {'prec':>5} {'value':>8} {'unit':<7} {'ratio':>5}  {'reference':<32} {'peak MB':>8}  note")
     for r in rows:
         peak = f"{r['peak_mb']:.0f}{'*' if r.get('peak_so_far') else ''}" if "peak_mb" in r else "-"
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
-        print(f"{r['what']:<36} {str(r.get('crop', '-')):>4} {r.get('precision', ''):>5} "
+        print(f"{r['what']:<44} {str(r.get('crop', '-')):>4} {r.get('precision', ''):>5} "
               f"{r['value']:>8.1f} {r['unit']:<7} {ratio:>5}  {r['reference']:<32} {peak:>8}  {r.get('note', '')}")
     print("* peak of a process that ran several rows (its peak so far)")
     if args.json is not None:
