@@ -26,11 +26,13 @@ rows, noted ``*``):
   socket per client, ``httpx`` an ``httpx.Client``; one crop-sized PNG per request), batching
   on (defaults) and off (``--max-batch 1``), and the defaults with a model that costs nothing
   (``no network``: each prediction a copy of one row, i.e. the HTTP path alone: receive,
-  parse, decode, crop, batcher, JSON), the three servers up at once and loaded in turn, the
+  parse, decode, crop, batcher, JSON), the four servers up at once and loaded in turn, the
   order rotating per client count: requests/s, p50, p99, the load generator's CPU ms per
-  request; reference: the same clients with batching off (for the ``off`` rows:
-  ``attribute`` PNG fp32 at that crop, i.e. the share of the offline rate the server
-  reaches; for ``no network``: batching on, with the network).
+  request; ``bare ASGI app``: no FastAPI, no osma, an app that reads the body and answers a
+  fixed row, on the same uvicorn configuration (the transport's floor). Reference: the same
+  clients with batching off (for the ``off`` rows: ``attribute`` PNG fp32 at that crop, i.e.
+  the share of the offline rate the server reaches; for ``no network`` and ``bare ASGI
+  app``: batching on, with the network).
 * ``train``: softmax, pose and metric training, images/s of the second epoch (the
   trainer's own epoch time, train_log.jsonl) on synthetic crop-sized images, 4 classes, 8
   per class per batch; reference: softmax at that crop. POSE also with
@@ -315,25 +317,72 @@ def sec_loadgen(p: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def sec_serve(p: dict[str, Any]) -> list[dict[str, Any]]:
-    """Not a measurement: ``osma.server.serve`` (what ``osma serve`` runs) on the bundle, with
-    ``network=False`` a model whose every prediction is a copy of one row computed at start:
-    the server's HTTP path alone (parse, decode, crop, batcher, JSON), without the network."""
+    """Not a measurement: a server for the ``server`` rows without the network. ``app="osma"``:
+    ``osma.server.serve`` (what ``osma serve`` runs) on the bundle with a model whose every
+    prediction is a copy of one row computed at start: the HTTP path alone (receive, parse,
+    decode, crop, batcher, JSON); with ``network=True`` the real model; ``freeze=False``
+    without :func:`osma.server.freeze_gc`; ``gc_stats=FILE``: every garbage collection's
+    generation, start and duration written to FILE (JSON lines) as it ends (bench/server_gc.py). ``app="bare"``: no FastAPI and no osma, a plain ASGI app that
+    reads the body and answers that row's JSON, on the same uvicorn configuration
+    (:func:`osma.server.server_config`: osma's guarded h11 protocol): the transport's floor."""
     import copy
     import warnings
 
     import numpy as np
 
     import osma
-    from osma.server import serve
+    from osma.server import serve, server_config
 
     model = osma.load(p["bundle"], device=p["device"])
-    if not p["network"]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            row = model.attribute_prepared([model.prepare(np.zeros((p["crop"], p["crop"], 3), np.uint8))], [None])[0]
-        model.attribute_prepared = lambda patches, taus: [copy.copy(row) for _ in patches]  # type: ignore[method-assign]
-    serve(model, port=p["port"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        row = model.attribute_prepared([model.prepare(np.zeros((p["crop"], p["crop"], 3), np.uint8))], [None])[0]
+    if p["app"] == "osma":
+        if not p.get("network", False):
+            model.attribute_prepared = lambda patches, taus: [copy.copy(row) for _ in patches]  # type: ignore[method-assign]
+        if not p.get("freeze", True):
+            import osma.server
+
+            osma.server.freeze_gc = lambda: None  # serve() looks it up at call time
+        if p.get("gc_stats"):
+            _record_gc(Path(p["gc_stats"]))
+        serve(model, port=p["port"])
+        return []
+    import uvicorn
+
+    row.path = "x.png"
+    answer = json.dumps({"results": [row.to_dict()]}).encode()
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:  # noqa: ANN401
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
+            more = (await receive()).get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
+
+    uvicorn.Server(server_config(app, port=p["port"])).run()
     return []
+
+
+def _record_gc(path: Path) -> None:
+    """Append every garbage collection (generation, end time, seconds) to ``path`` as it ends."""
+    import gc
+
+    out = path.open("a", buffering=1)
+    out.write(json.dumps({"objects": len(gc.get_objects())}) + "\n")  # tracked at start, model loaded
+    began = [0.0]
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            end = time.perf_counter()
+            out.write(json.dumps({"gen": info["generation"], "end": time.time(), "s": end - began[0]}) + "\n")
+
+    gc.callbacks.append(callback)
 
 
 def sec_train(p: dict[str, Any]) -> list[dict[str, Any]]:
@@ -402,27 +451,28 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-SERVERS = {  # label: (--max-batch 1?, with the network?)
-    "batching off": (True, True), "batching on": (False, True), "batching on, no network": (False, False)}
+SERVERS = {  # label: (--max-batch 1?, what serves: "osma serve", or sec_serve's app)
+    "batching off": (True, "osma serve"), "batching on": (False, "osma serve"),
+    "batching on, no network": (False, "osma"), "bare ASGI app": (False, "bare")}
 
 
 def run_servers(tmp: Path, crop: int, clients: list[int], seconds: float, device: str,
                 client: str = "raw") -> list[dict[str, Any]]:
-    """Three servers in their own processes at once: ``osma serve`` with batching off
-    (``--max-batch 1``) and on (defaults), and the defaults without the network
-    (:func:`sec_serve`); for each client count a load-generator process runs against each
+    """Four servers in their own processes at once: ``osma serve`` with batching off
+    (``--max-batch 1``) and on (defaults), the defaults without the network and a bare ASGI
+    app (:func:`sec_serve`); for each client count a load-generator process runs against each
     in turn (the order rotating), so that none is favoured by when it ran."""
     import httpx
 
     servers = {}
-    for label, (unbatched, network) in SERVERS.items():
+    for label, (unbatched, app) in SERVERS.items():
         port = _free_port()
-        if network:
+        if app == "osma serve":
             cmd = [sys.executable, "-m", "osma", "serve", str(tmp / f"bundle{crop}"), "--port", str(port),
                    "--device", device] + (["--max-batch", "1"] if unbatched else [])
         else:
             cmd = [sys.executable, str(HERE), "--section", "serve", "--params", json.dumps(
-                {"bundle": str(tmp / f"bundle{crop}"), "port": port, "device": device, "crop": crop, "network": False})]
+                {"bundle": str(tmp / f"bundle{crop}"), "port": port, "device": device, "crop": crop, "app": app})]
         servers[label] = (port, subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL,
                                                  stderr=subprocess.DEVNULL))
     rows: dict[str, list[dict[str, Any]]] = {label: [] for label in servers}
@@ -553,8 +603,8 @@ def main(argv: list[str] | None = None) -> int:
             ref = find(ref_name, c, "")
         elif w.startswith("attribute"):
             ref, ref_name = find("forward", c, p), f"forward {p}"
-        elif w.startswith("server") and w.endswith("no network"):
-            ref_name = w.replace(", no network", "")
+        elif w.startswith("server") and w.endswith(("no network", "bare ASGI app")):
+            ref_name = w.replace(", no network", "").replace("bare ASGI app", "batching on")
             ref = find(ref_name, c, "auto")
         elif w.startswith("server"):
             if w.endswith("on"):

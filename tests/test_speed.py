@@ -369,3 +369,29 @@ def test_precision_bench_limit_keeps_order_and_unseen_real(micro_zoo: Path) -> N
     assert all(s in lim.test for s in lim.unseen_real)
     assert lim.unseen_real == [s for s in sp.unseen_real if s in lim.test]
     assert bench.limit_split(sp, None).test == sp.test
+
+
+def test_throughput_load_generator_posts_valid_requests(tmp_path: Path) -> None:
+    """bench/throughput.py's plain-socket load generator: its hand-built multipart request is
+    accepted (200 with the image's row) and each answer is read whole by its Content-Length,
+    so the keep-alive connection stays in step (an error or a miscount would show as errors
+    or as a hang)."""
+    bench = load_bench("throughput")
+    png = tmp_path / "x.png"
+    png.write_bytes(png_bytes(colour_image("red", 3)))
+    app = create_app(Model(make_fake()))
+    with running(app, free_port()) as port:
+        for client in ("raw", "httpx"):
+            (r,) = bench.sec_loadgen({"port": port, "png": str(png), "clients": 3, "seconds": 0.3, "client": client})
+            assert r["errors"] == 0 and r["requests"] >= 3 and r["client"] == client, r
+            assert r["client_cpu_ms"] > 0 and r["p50_ms"] <= r["p99_ms"]
+
+
+def test_server_gc_window_counts_collections_inside_the_run(tmp_path: Path) -> None:
+    bench = load_bench("server_gc")
+    f = tmp_path / "gc.jsonl"
+    f.write_text("\n".join(json.dumps(d) for d in [
+        {"objects": 10}, {"gen": 2, "end": 5.0, "s": 0.25}, {"gen": 0, "end": 10.0, "s": 0.001},
+        {"gen": 2, "end": 11.0, "s": 0.01}, {"gen": 2, "end": 12.5, "s": 0.3}, {"gen": 0, "end": 11.5, "s": 0.003}]))
+    got = bench._gc_window(f, 10.0, 12.0)
+    assert got == {0: (2, pytest.approx(4.0), pytest.approx(3.0)), 2: (1, pytest.approx(10.0), pytest.approx(10.0))}
