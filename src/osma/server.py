@@ -709,9 +709,9 @@ def serve(
 def freeze_gc() -> None:
     """Collect once, then exempt every object alive now (the model, torch, numpy, the app)
     from Python's cyclic garbage collector (:func:`gc.freeze`). A full collection otherwise
-    walks those ~240,000 objects: on a 2-core machine each took 200-260 ms and stalled every
-    thread (the batcher's too), the 300-500 ms tail of the server's latency at 50 clients
-    (docs/speed.md). What requests allocate is still collected."""
+    walks those ~237,000 objects: on a 2-core machine 240-290 ms each, every thread stopped
+    (the batcher's too), and p99 462-559 ms at 50 clients against 270-338 frozen
+    (bench/server_gc.py, docs/speed.md). What requests allocate is still collected."""
     import gc
 
     gc.collect()
