@@ -44,8 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
-    import httpx
-
     rows = []
     with tempfile.TemporaryDirectory(prefix="osma-server-gc-") as t:
         tmp = Path(t)
@@ -62,17 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                                     env=tp._env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             servers[freeze] = (port, proc, stats)
         try:
-            deadline = time.time() + 120
-            for port, proc, _ in servers.values():
-                while True:
-                    try:
-                        if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    if time.time() > deadline or proc.poll() is not None:
-                        raise RuntimeError("a server did not start")
-                    time.sleep(0.2)
+            tp.wait_until_serving([(port, proc) for port, proc, _ in servers.values()])
             for rep in range(args.reps):
                 for freeze in ((True, False) if rep % 2 == 0 else (False, True)):
                     port, _, stats = servers[freeze]

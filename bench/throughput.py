@@ -451,6 +451,24 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until_serving(servers: list[tuple[int, subprocess.Popen]], seconds: float = 120) -> None:
+    """Wait until every ``(port, process)`` answers ``GET /healthz`` (RuntimeError when one
+    exits or ``seconds`` pass first)."""
+    import httpx
+
+    deadline = time.time() + seconds
+    for port, proc in servers:
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"the server on port {port} did not start")
+            time.sleep(0.2)
+
+
 SERVERS = {  # label: (--max-batch 1?, what serves: "osma serve", or sec_serve's app)
     "batching off": (True, "osma serve"), "batching on": (False, "osma serve"),
     "batching on, no network": (False, "osma"), "bare ASGI app": (False, "bare")}
@@ -462,8 +480,6 @@ def run_servers(tmp: Path, crop: int, clients: list[int], seconds: float, device
     (``--max-batch 1``) and on (defaults), the defaults without the network and a bare ASGI
     app (:func:`sec_serve`); for each client count a load-generator process runs against each
     in turn (the order rotating), so that none is favoured by when it ran."""
-    import httpx
-
     servers = {}
     for label, (unbatched, app) in SERVERS.items():
         port = _free_port()
@@ -477,17 +493,7 @@ def run_servers(tmp: Path, crop: int, clients: list[int], seconds: float, device
                                                  stderr=subprocess.DEVNULL))
     rows: dict[str, list[dict[str, Any]]] = {label: [] for label in servers}
     try:
-        deadline = time.time() + 120
-        for port, server in servers.values():
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError("a server did not start")
-                time.sleep(0.2)
+        wait_until_serving(list(servers.values()))
         png = next((tmp / f"png{crop}").glob("*.png"))
         labels = list(servers)
         for i, c in enumerate(clients):
