@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,9 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             stats = tmp / f"gc-{freeze}.jsonl"
             params = {"bundle": str(tmp / f"bundle{args.crop}"), "port": port, "device": args.device,
                       "crop": args.crop, "app": "osma", "network": True, "freeze": freeze, "gc_stats": str(stats)}
-            proc = subprocess.Popen([sys.executable, str(tp.HERE), "--section", "serve", "--params", json.dumps(params)],
-                                    env=tp._env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            servers[freeze] = (port, proc, stats)
+            servers[freeze] = (port, tp.start_serve(params), stats)
         try:
             tp.wait_until_serving([(port, proc) for port, proc, _ in servers.values()])
             for rep in range(args.reps):

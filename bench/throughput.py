@@ -261,7 +261,7 @@ def sec_loadgen(p: dict[str, Any]) -> list[dict[str, Any]]:
             buf += chunk
         head = bytes(buf[:end]).lower()
         i = head.index(b"content-length:") + 15
-        size = int(head[i:head.index(b"\r\n", i) if b"\r\n" in head[i:] else len(head)])
+        size = int(head[i:].split(b"\r\n", 1)[0])
         while len(buf) < end + 4 + size:
             chunk = s.recv(65536)
             if not chunk:
@@ -322,7 +322,7 @@ def sec_serve(p: dict[str, Any]) -> list[dict[str, Any]]:
     prediction is a copy of one row computed at start: the HTTP path alone (receive, parse,
     decode, crop, batcher, JSON); with ``network=True`` the real model; ``freeze=False``
     without :func:`osma.server.freeze_gc`; ``gc_stats=FILE``: every garbage collection's
-    generation, start and duration written to FILE (JSON lines) as it ends (bench/server_gc.py). ``app="bare"``: no FastAPI and no osma, a plain ASGI app that
+    generation, end time and duration written to FILE (JSON lines) as it ends (bench/server_gc.py). ``app="bare"``: no FastAPI and no osma, a plain ASGI app that
     reads the body and answers that row's JSON, on the same uvicorn configuration
     (:func:`osma.server.server_config`: osma's guarded h11 protocol): the transport's floor."""
     import copy
@@ -334,11 +334,13 @@ def sec_serve(p: dict[str, Any]) -> list[dict[str, Any]]:
     from osma.server import serve, server_config
 
     model = osma.load(p["bundle"], device=p["device"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        row = model.attribute_prepared([model.prepare(np.zeros((p["crop"], p["crop"], 3), np.uint8))], [None])[0]
+    network = p["app"] == "osma" and p.get("network", False)
+    if not network:  # the one row every answer copies
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            row = model.attribute_prepared([model.prepare(np.zeros((p["crop"], p["crop"], 3), np.uint8))], [None])[0]
     if p["app"] == "osma":
-        if not p.get("network", False):
+        if not network:
             model.attribute_prepared = lambda patches, taus: [copy.copy(row) for _ in patches]  # type: ignore[method-assign]
         if not p.get("freeze", True):
             import osma.server
@@ -451,6 +453,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_serve(params: dict[str, Any]) -> subprocess.Popen:
+    """A :func:`sec_serve` server in its own process (output discarded)."""
+    return subprocess.Popen([sys.executable, str(HERE), "--section", "serve", "--params", json.dumps(params)],
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def wait_until_serving(servers: list[tuple[int, subprocess.Popen]], seconds: float = 120) -> None:
     """Wait until every ``(port, process)`` answers ``GET /healthz`` (RuntimeError when one
     exits or ``seconds`` pass first)."""
@@ -486,11 +494,11 @@ def run_servers(tmp: Path, crop: int, clients: list[int], seconds: float, device
         if app == "osma serve":
             cmd = [sys.executable, "-m", "osma", "serve", str(tmp / f"bundle{crop}"), "--port", str(port),
                    "--device", device] + (["--max-batch", "1"] if unbatched else [])
+            servers[label] = (port, subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL,
+                                                     stderr=subprocess.DEVNULL))
         else:
-            cmd = [sys.executable, str(HERE), "--section", "serve", "--params", json.dumps(
-                {"bundle": str(tmp / f"bundle{crop}"), "port": port, "device": device, "crop": crop, "app": app})]
-        servers[label] = (port, subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL,
-                                                 stderr=subprocess.DEVNULL))
+            servers[label] = (port, start_serve({"bundle": str(tmp / f"bundle{crop}"), "port": port,
+                                                 "device": device, "crop": crop, "app": app}))
     rows: dict[str, list[dict[str, Any]]] = {label: [] for label in servers}
     try:
         wait_until_serving(list(servers.values()))

@@ -298,13 +298,15 @@ def _multipart_files(content_type: str, chunks: list[bytes]) -> list[tuple[str, 
         raise HTTPException(400, "malformed multipart body: no boundary in its Content-Type")
     files: list[tuple[str, bytearray]] = []
     part: dict[str, Any] = {}
+    parts = 0
     header = [b"", b""]
 
     def on_part_begin() -> None:
-        nonlocal part
-        part = {"disposition": b"", "data": None, "count": part.get("count", 0) + 1}
-        if part["count"] > MAX_PARTS:
+        nonlocal part, parts
+        parts += 1
+        if parts > MAX_PARTS:
             raise HTTPException(400, f"malformed multipart body: more than {MAX_PARTS} parts")
+        part = {"disposition": b"", "data": None}
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         header[0] += data[start:end]
